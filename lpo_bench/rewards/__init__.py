@@ -1,0 +1,1 @@
+"""Image-text metric adapters, one per file; heavy imports happen inside ``load()``."""
