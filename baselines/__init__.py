@@ -1,0 +1,1 @@
+"""Baselines: Diffusion-DPO and SPO (with its step-aware preference model)."""

@@ -1,0 +1,5 @@
+import sys
+
+from lpo_bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The method under study: LPO (Latent Reward Model, MPCF, Latent Preference Optimization)."""
