@@ -143,8 +143,13 @@ class Ledger:
     def _append(self, row: dict[str, Any]) -> None:
         if self.path is None or not self.write:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        with open(self.path, "a+b") as fh:
+            # a kill can leave a torn last line: start on a fresh line so this row stays parseable
+            if fh.tell() > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+            fh.write((json.dumps(row, sort_keys=True) + "\n").encode())
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -47,6 +47,12 @@ STEP_REWARD_MODELS: dict[str, str] = {
     "spm": "lpo_bench.baselines.spo.spm:StepAwarePreferenceModel",
 }
 
+# Trainers of the step reward models (run by lpo_bench.reward_training, all time RM_TRAIN).
+REWARD_TRAINERS: dict[str, str] = {
+    "lrm": "lpo_bench.methods.lpo.lrm_train:LRMTrainer",
+    "spm": "lpo_bench.baselines.spo.spm_train:SPMTrainer",
+}
+
 SUITES: dict[str, str] = {
     "compbench": "lpo_bench.suites:COMPBENCH",
     "general": "lpo_bench.suites:GENERAL",
@@ -59,6 +65,7 @@ TABLES: dict[str, dict[str, str]] = {
     "backbone": BACKBONES,
     "metric": REWARD_MODELS,
     "step-reward-model": STEP_REWARD_MODELS,
+    "reward-trainer": REWARD_TRAINERS,
     "suite": SUITES,
 }
 

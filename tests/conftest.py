@@ -1,0 +1,29 @@
+"""Shared fixtures: offline by default, tiny seeded models built in-process."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path, monkeypatch):
+    """Every test writes runs under its own tmp dir and never touches ./runs."""
+    monkeypatch.setenv("LPO_BENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("LPO_BENCH_CACHE", str(tmp_path / "cache"))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:  # pragma: no cover
+        pass
