@@ -29,12 +29,15 @@ def field_help(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def preset_path(method_module: str, backbone: str) -> Path | None:
-    """``<dir of method_module>/configs/<backbone>.toml`` if it exists (found without importing)."""
+def preset_path(method_module: str, backbone: str, prefix: str = "") -> Path | None:
+    """``<dir of method_module>/configs/<prefix><backbone>.toml`` if it exists (found without importing).
+
+    Methods use no prefix; reward-model trainers use ``"<kind>_"`` (e.g. ``lrm_toy.toml``).
+    """
     spec = importlib.util.find_spec(method_module)
     if spec is None or spec.origin is None:
         return None
-    p = Path(spec.origin).parent / "configs" / f"{backbone}.toml"
+    p = Path(spec.origin).parent / "configs" / f"{prefix}{backbone}.toml"
     return p if p.exists() else None
 
 
@@ -123,10 +126,11 @@ def load_config(
     backbone: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    preset_prefix: str = "",
 ) -> Any:
     layers: list[dict[str, Any]] = []
     if method_module and backbone:
-        p = preset_path(method_module, backbone)
+        p = preset_path(method_module, backbone, preset_prefix)
         if p is not None:
             layers.append(read_toml(p))
     if config_file:

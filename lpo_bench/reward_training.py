@@ -58,7 +58,7 @@ def make_trainer(kind: str, backbone: str, config_file: str | None, overrides: d
     mod, attr = registry.REWARD_TRAINERS[registry.check_name("step-reward-model", kind)].split(":")
     cls = getattr(importlib.import_module(mod), attr)
     cfg = load_config(cls.config_cls, method_module=mod, backbone=backbone, config_file=config_file,
-                      overrides=overrides)
+                      overrides=overrides, preset_prefix=f"{kind}_")
     return cls(), cfg
 
 

@@ -1,0 +1,207 @@
+"""LRM training (lpo.md §3): MPCF-filtered pairs, one grid timestep per pair, independent noise per image,
+2-way cross-entropy with soft tie labels and per-prompt weights, AdamW with warmup then linear decay.
+
+Run by the harness loop in lpo_bench.reward_training (all time RM_TRAIN). Latents are the VAE posterior
+of each image, encoded once (mean and std cached) and re-sampled every step with the data generator, as
+the official trainer samples ``latent_dist`` each time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lpo_bench import stats
+from lpo_bench.errors import HarnessError
+from lpo_bench.methods.lpo.lrm import LatentRewardModel
+from lpo_bench.methods.lpo.mpcf import mpcf_keep
+from lpo_bench.pairs import GAP_COLUMNS, PairSet, load_pairs
+from lpo_bench.sampling import purpose_generator
+
+
+@dataclass(frozen=True)
+class LRMConfig:
+    lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate (lpo.md §3.4)"})
+    weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay"})
+    warmup_updates: int = field(default=500, metadata={"help": "Linear warmup updates, then linear decay to 0"})
+    max_updates: int = field(default=4000, metadata={"help": "Optimiser updates (SD1.5 4k, SDXL 8k)"})
+    batch_pairs: int = field(default=128, metadata={"help": "Pairs per update (global batch)"})
+    grad_clip_norm: float = field(default=1.0, metadata={"help": "Max gradient norm (0 disables); really clips"})
+    guidance_scale_vfe: float = field(default=7.5, metadata={"help": "VFE guidance on the pooled mid feature; 1 = off"})
+    multi_scale: bool = field(default=True, metadata={"help": "Pool all down stages + mid (False: mid only)"})
+    largest_timestep: int = field(default=951, metadata={"help": "Top of the timestep grid {1, 51, ..., 951}"})
+    timestep_stride: int = field(default=50, metadata={"help": "Grid stride (official 50: 20 points)"})
+    mpcf_strategy: int = field(default=2, metadata={"help": "MPCF strategy 1-3 (2 = paper), 0 = no filtering"})
+    train_text_encoder: bool = field(default=True, metadata={"help": "Train the text encoder(s) too (official)"})
+    max_train_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs (None = all)"})
+    max_val_pairs: int = field(default=512, metadata={"help": "Validation pairs per timestep"})
+    encode_batch: int = field(default=64, metadata={"help": "VAE encode batch when caching latents"})
+
+    def grid(self) -> list[int]:
+        return list(range(1, self.largest_timestep + 1, self.timestep_stride))
+
+
+def pair_ce_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """PickScore-style 2-way CE with soft labels (lpo.md §3.3). s0, s1, label_0, weight: [b] -> scalar.
+
+    ℓ_n = ℓ0·CE([s0,s1],0) + ℓ1·CE([s0,s1],1) + 1[tie]·log 0.5, weights w_n normalised to sum 1.
+    For a win/lose pair this is -log σ(s_w - s_l); an ideal tie costs 0.
+    """
+    logits = torch.stack([s0, s1], dim=-1)
+    logp = F.log_softmax(logits, dim=-1)
+    l0 = label_0.to(logp)
+    per = -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
+    w = weight.to(logp)
+    return (per * w).sum() / w.sum()
+
+
+def lr_at(step: int, cfg: LRMConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_updates, then linear decay to 0 at max_updates."""
+    if step < cfg.warmup_updates:
+        return cfg.lr * (step + 1) / cfg.warmup_updates
+    span = max(cfg.max_updates - cfg.warmup_updates, 1)
+    return cfg.lr * max(0.0, (cfg.max_updates - step) / span)
+
+
+class LRMTrainer:
+    kind: ClassVar[str] = "lrm"
+    config_cls: ClassVar[type] = LRMConfig
+
+    def setup(self, ctx: Any) -> None:
+        self.ctx, self.cfg = ctx, ctx.cfg
+        pairs_src = ctx.options.get("pairs")
+        if not pairs_src:
+            raise HarnessError("LRM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
+                               "make-pairs`, or a local Pick-a-Pic v1 copy)")
+        bundle = ctx.bundle
+        train = load_pairs(pairs_src, "train", resolution=bundle.resolution, max_rows=self.cfg.max_train_pairs)
+        self.kept_before, train = len(train), self._filter(train)
+        self.val = load_pairs(pairs_src, "val", resolution=bundle.resolution, drop_ties=True,
+                              max_rows=self.cfg.max_val_pairs)
+        self.train = train
+        ctx.log(f"[lrm] {len(train)} training pairs after MPCF strategy {self.cfg.mpcf_strategy} "
+                f"(from {self.kept_before}); {len(self.val)} validation pairs")
+        self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=self.cfg.guidance_scale_vfe,
+                                                   multi_scale=self.cfg.multi_scale).to(bundle.device)
+        if not self.cfg.train_text_encoder:
+            for e in self.model.text_encoders:
+                e.requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.mean0, self.std0 = self._encode(train.images_tensor(0))
+        self.mean1, self.std1 = self._encode(train.images_tensor(1))
+        self.label = torch.as_tensor(train.label_0, dtype=torch.float32)
+        self.weight = torch.as_tensor(train.weight, dtype=torch.float32)
+        self.gen = purpose_generator(ctx.seed, "lrm-data")
+        self.grid = torch.tensor(self.cfg.grid())
+
+    def _filter(self, pairs: PairSet) -> PairSet:
+        if self.cfg.mpcf_strategy == 0:
+            return pairs
+        if not all(c in pairs.extra.columns for c in (*GAP_COLUMNS, "different_flag")):
+            raise HarnessError(f"MPCF strategy {self.cfg.mpcf_strategy} needs the columns {list(GAP_COLUMNS)} and "
+                               f"different_flag in {pairs.source}; compute them (toy pairs include them) or pass "
+                               f"--set mpcf_strategy=0")
+        e = pairs.extra
+        keep = mpcf_keep(e["different_flag"].to_numpy(), e["aesthetic_gap"].to_numpy(), e["clipscore_gap"].to_numpy(),
+                         e["vqascore_gap"].to_numpy(), strategy=self.cfg.mpcf_strategy)
+        if not keep.any():
+            raise HarnessError(f"MPCF strategy {self.cfg.mpcf_strategy} kept no pairs of {pairs.source}; try another")
+        return pairs.subset(np.nonzero(keep)[0])
+
+    @torch.no_grad()
+    def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.ctx.bundle
+        means, stds = [], []
+        for s in range(0, len(images), self.cfg.encode_batch):
+            x = images[s : s + self.cfg.encode_batch].to(b.device, b.vae.dtype) * 2 - 1
+            d = b.vae.encode(x).latent_dist
+            means.append(d.mean.float().cpu())
+            stds.append(d.std.float().cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    def _latents(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(mean.shape, generator=self.gen)
+        return (mean + std * z) * self.ctx.bundle.scaling_factor
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, b = self.cfg, self.ctx.bundle
+        n = len(self.label)
+        idx = torch.randint(0, n, (min(cfg.batch_pairs, n),), generator=self.gen)
+        t = self.grid[torch.randint(0, len(self.grid), (len(idx),), generator=self.gen)]
+        x0 = self._latents(self.mean0[idx], self.std0[idx])
+        x1 = self._latents(self.mean1[idx], self.std1[idx])
+        e0 = torch.randn(x0.shape, generator=self.gen)  # independent noise per image (official)
+        e1 = torch.randn(x1.shape, generator=self.gen)
+        xt0 = b.scheduler.add_noise(x0, e0, t)
+        xt1 = b.scheduler.add_noise(x1, e1, t)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        self.model.train()
+        caps = [self.train.captions[i] for i in idx.tolist()]
+        text = self.model.encode_text(caps + caps)
+        uncond = self.model.negative_embeds(2 * len(idx))
+        dev = b.device
+        scores = self.model.score(torch.cat([xt0, xt1]).to(dev), torch.cat([t, t]).to(dev), text, uncond)
+        s0, s1 = scores.chunk(2)
+        loss = pair_ce_loss(s0, s1, self.label[idx].to(dev), self.weight[idx].to(dev))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
+        self.opt.step()
+        with torch.no_grad():
+            lab = self.label[idx].to(dev)
+            acc = ((s0 > s1).float() * (lab == 1) + (s0 < s1).float() * (lab == 0)).sum() / (lab != 0.5).sum().clamp(min=1)
+        return {"loss": float(loss), "acc": float(acc), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
+                "logit_scale": float(self.model.logit_scale.exp())}
+
+    def is_done(self, step: int) -> bool:
+        return step >= self.cfg.max_updates
+
+    @torch.no_grad()
+    def validate(self) -> list[dict[str, Any]]:
+        """Pairwise accuracy on held-out pairs at every grid timestep (same noise for both images)."""
+        self.model.eval()
+        b, dev = self.ctx.bundle, self.ctx.bundle.device
+        m0, s0 = self._encode(self.val.images_tensor(0))
+        m1, s1 = self._encode(self.val.images_tensor(1))
+        x0, x1 = m0 * b.scaling_factor, m1 * b.scaling_factor  # posterior means: deterministic validation
+        win0 = torch.as_tensor(self.val.label_0 == 1.0)
+        xw, xl = torch.where(win0[:, None, None, None], x0, x1), torch.where(win0[:, None, None, None], x1, x0)
+        caps = list(self.val.captions)
+        rows = []
+        for t in self.cfg.grid():
+            g = purpose_generator(self.ctx.seed, "lrm-val", t)
+            eps = torch.randn(xw.shape, generator=g)
+            tt = torch.full((len(caps),), t, dtype=torch.long)
+            sw, sl = [], []
+            for s in range(0, len(caps), 128):
+                sl_ = slice(s, s + 128)
+                text = self.model.encode_text(caps[sl_])
+                n = len(caps[sl_])
+                sw.append(self.model.score(b.scheduler.add_noise(xw[sl_], eps[sl_], tt[sl_]).to(dev), tt[sl_].to(dev), text).cpu())
+                sl.append(self.model.score(b.scheduler.add_noise(xl[sl_], eps[sl_], tt[sl_]).to(dev), tt[sl_].to(dev), text).cpu())
+                del n
+            acc = stats.pairwise_accuracy(torch.cat(sw).numpy(), torch.cat(sl).numpy())
+            m, lo, hi = stats.mean_ci(acc)
+            rows.append({"kind": "rm_val_acc", "metric": "lrm_pair_acc", "timestep": t, "value": m, "ci_low": lo,
+                         "ci_high": hi, "n": len(acc), "input_mode": "noisy_latent", "higher_is_better": True})
+        self.ctx.log("[lrm] val acc by t: " + " ".join(f"{r['timestep']}:{r['value']:.2f}" for r in rows))
+        return rows
+
+    def save(self, out_dir: Path) -> Path:
+        return self.model.save(out_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
