@@ -95,8 +95,28 @@ def train_reward_stage(ctx: Any, kind: str, *, overrides: dict[str, Any] | None 
     run_reward_loop(trainer, ctx.ledger, log=ctx.log)
     with ctx.ledger.phase(Phase.RM_TRAIN):
         rows = trainer.validate()
-        out = trainer.save(ctx.run_dir / kind)
+        out = _save_atomically(trainer, ctx.run_dir / kind) if ctx.is_main else ctx.run_dir / kind
+    if ctx.accelerator is not None:
+        ctx.accelerator.wait_for_everyone()
     return out, rows
+
+
+def finished_stage(ctx: Any, kind: str) -> Path | None:
+    """The reward model a previous (interrupted) session of this run already trained, if any."""
+    out = ctx.run_dir / kind
+    return out if out.is_dir() else None
+
+
+def _save_atomically(trainer: Any, out: Path) -> Path:
+    """Save into a temporary directory, then rename: a crash never leaves a half-written model."""
+    import shutil
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 def _sub_ctx(ctx: Any, cfg: Any) -> Any:

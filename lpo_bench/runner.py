@@ -206,6 +206,9 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
     if is_main:
         records.atomic_write_json(run_dir / "run.json", run_info)
     base = _measurement_base(run_info, bundle)
+    if is_main and getattr(method, "reward_rows", None) and not resuming:
+        # validation of a reward model trained as this run's first stage (RM_TRAIN)
+        records.write_measurements(run_dir, list(method.reward_rows), base)
     train_log = run_dir / "train_log.jsonl"
     next_eval_s = _next_eval(ledger, opts)
     interrupted = False

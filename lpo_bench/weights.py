@@ -55,10 +55,19 @@ def resolve_snapshot(
     Raises HarnessError naming the repo, revision, first missing file and paths checked.
     """
     checked: list[str] = []
+    # Most complete partial copy seen (fewest missing files), so the error names a file that is really absent.
+    partial: list[str] = []
+
+    def _lacking(path: Path) -> list[str]:
+        lacking = [f for f in required if not (path / f).exists()]
+        if lacking and len(lacking) < len(required) and (not partial or len(lacking) < len(partial)):
+            partial[:] = lacking
+        return lacking
+
     if weights_dir is not None:
         for cand in _candidates(Path(weights_dir), repo_id):
             checked.append(str(cand))
-            if all((cand / f).exists() for f in required):
+            if not _lacking(cand):
                 return cand
     cache = hf_cache_dir()
     checked.append(str(cache / f"models--{repo_id.replace('/', '--')}"))
@@ -70,7 +79,7 @@ def resolve_snapshot(
                 repo_id, revision=revision, local_files_only=True, allow_patterns=_patterns(required)
             )
         )
-        if all((path / f).exists() for f in required):
+        if not _lacking(path):
             return path
     except Exception:  # absent from the cache: fall through to the opt-in download
         pass
@@ -85,7 +94,7 @@ def resolve_snapshot(
             raise HarnessError(
                 f"could not download {repo_id}@{revision}: {type(exc).__name__}: {exc}".splitlines()[0]
             ) from None
-    missing = required[0] if required else "(any file)"
+    missing = partial[0] if partial else required[0] if required else "(any file)"
     raise HarnessError(
         f"weights not found: {repo_id}@{revision} file {missing}; checked {', '.join(checked)}. "
         f"Provide them with --weights-dir DIR (a local copy of the repo) or put them in the "

@@ -68,14 +68,16 @@ class LPO:
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: Any) -> None:
-        from lpo_bench.reward_training import train_reward_stage
+        from lpo_bench.reward_training import finished_stage, train_reward_stage
 
         self.ctx, self.cfg = ctx, ctx.cfg
         bundle = ctx.bundle
         lrm_path = ctx.options.get("lrm")
-        self.lrm_rows: list[dict] = []
+        self.reward_rows: list[dict] = []
         if lrm_path is None:
-            lrm_path, self.lrm_rows = train_reward_stage(ctx, "lrm")
+            lrm_path = finished_stage(ctx, "lrm")  # resuming a run whose LRM stage had finished
+        if lrm_path is None:
+            lrm_path, self.reward_rows = train_reward_stage(ctx, "lrm")
         with ctx.ledger.phase(Phase.PREP):
             self.lrm = LatentRewardModel.load(lrm_path, bundle, device=bundle.device).eval().requires_grad_(False)
             self.prompts = training_prompts(ctx.backbone, data_dir=ctx.data_dir, limit=self.cfg.num_train_prompts)
