@@ -134,10 +134,12 @@ def eval_cmd(
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Generate images for a suite and score them; writes an eval run with per-sample scores and CIs."""
-    from lpo_bench import evaluation, registry
+    from lpo_bench import registry
 
     for s in suite:
         registry.check_name("suite", s)
+    from lpo_bench import evaluation
+
     for s in suite:
         run_dir = evaluation.eval_run(
             model, s, backbone=backbone, split=split, max_prompts=max_prompts, images_per_prompt=images_per_prompt,
