@@ -86,9 +86,11 @@ def _decode(data: Any, resolution: int | None) -> np.ndarray:
 def _split_files(source: Path, split: str) -> list[Path]:
     if source.is_file():
         return [source]
-    cands = [source / f"{split}.parquet", *sorted(source.glob(f"{split}-*.parquet")),
-             *sorted((source / split).glob("*.parquet")) if (source / split).is_dir() else [],
-             *sorted((source / "data").glob(f"{split}-*.parquet")) if (source / "data").is_dir() else []]
+    cands = [source / f"{split}.parquet", *sorted(source.glob(f"{split}-*.parquet"))]
+    if (source / split).is_dir():
+        cands += sorted((source / split).glob("*.parquet"))
+    if (source / "data").is_dir():  # the layout of a Hugging Face dataset snapshot
+        cands += sorted((source / "data").glob(f"{split}-*.parquet"))
     return [p for p in cands if p.exists()]
 
 
@@ -156,6 +158,8 @@ def load_pairs(
     extra = kept.drop(columns=["jpg_0", "jpg_1"])
     digest = hashlib.sha256()
     for f in files:
-        digest.update(Path(f).read_bytes())
+        st = Path(f).stat()
+        # content hash for small files; name + size + mtime for multi-GB shards (hashing them costs minutes)
+        digest.update(Path(f).read_bytes() if st.st_size < (256 << 20) else f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
     return PairSet(caps, np.stack(im0), np.stack(im1), np.asarray(lab, dtype=np.float64), weight, extra, skipped,
                    str(source), digest.hexdigest())

@@ -158,7 +158,7 @@ class LRMTrainer:
         with torch.no_grad():
             lab = self.label[idx].to(dev)
             acc = ((s0 > s1).float() * (lab == 1) + (s0 < s1).float() * (lab == 0)).sum() / (lab != 0.5).sum().clamp(min=1)
-        return {"loss": float(loss), "acc": float(acc), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
+        return {"loss": loss.item(), "acc": acc.item(), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
                 "logit_scale": float(self.model.logit_scale.exp())}
 
     def is_done(self, step: int) -> bool:
@@ -184,10 +184,8 @@ class LRMTrainer:
             for s in range(0, len(caps), 128):
                 sl_ = slice(s, s + 128)
                 text = self.model.encode_text(caps[sl_])
-                n = len(caps[sl_])
                 sw.append(self.model.score(b.scheduler.add_noise(xw[sl_], eps[sl_], tt[sl_]).to(dev), tt[sl_].to(dev), text).cpu())
                 sl.append(self.model.score(b.scheduler.add_noise(xl[sl_], eps[sl_], tt[sl_]).to(dev), tt[sl_].to(dev), text).cpu())
-                del n
             acc = stats.pairwise_accuracy(torch.cat(sw).numpy(), torch.cat(sl).numpy())
             m, lo, hi = stats.mean_ci(acc)
             rows.append({"kind": "rm_val_acc", "metric": "lrm_pair_acc", "timestep": t, "value": m, "ci_low": lo,

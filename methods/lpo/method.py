@@ -209,7 +209,7 @@ class LPO:
         self.opt.step()
         with torch.no_grad():
             r_w, r_l = (logp_w - ref_w).exp(), (logp_l - ref_l).exp()
-        return {"loss": float(loss), "implicit_acc": float((r_w > r_l).float().mean()),
+        return {"loss": loss.item(), "implicit_acc": float((r_w > r_l).float().mean()),
                 "ratio_w": float(r_w.mean()), "ratio_l": float(r_l.mean()), "grad_norm": float(gnorm),
                 "pairs": float(len(batch)), "t_mean": float(batch.timesteps.float().mean())}
 
