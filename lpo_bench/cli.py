@@ -58,6 +58,7 @@ def train(
     eval_every_gpu_s: Optional[float] = typer.Option(None, "--eval-every-gpu-s", help="Eval cadence in counted GPU-seconds"),
     eval_prompts: int = typer.Option(64, "--eval-prompts", help="Validation prompts per evaluation"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Checkpoint every N updates"),
+    rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
     lrm: Optional[Path] = typer.Option(None, "--lrm", help="LPO: use this trained LRM instead of training one"),
     spm: Optional[Path] = typer.Option(None, "--spm", help="SPO: use this trained SPM instead of training one"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
@@ -71,7 +72,9 @@ def train(
 
     registry.check_name("method", method)
     registry.check_name("backbone", backbone)
-    extra = {k: str(v) for k, v in (("lrm", lrm), ("spm", spm), ("pairs", pairs)) if v is not None}
+    extra: dict = {k: str(v) for k, v in (("lrm", lrm), ("spm", spm), ("pairs", pairs)) if v is not None}
+    if rm_set:
+        extra["rm_overrides"] = config_mod.parse_set(rm_set)
     from lpo_bench.runner import TrainOptions, train_run
 
     opts = TrainOptions(
@@ -197,14 +200,18 @@ def compare(
 def demo(
     out_root: Path = typer.Option(Path("runs/demo"), "--out-root"),
     report: Path = typer.Option(Path("reports/demo"), "--report"),
-    seed: int = typer.Option(0, "--seed"),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2"),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds), for smoke tests"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, LRM+LPO, SPM+SPO, Diffusion-DPO, eval, compare."""
     from lpo_bench import demo as demo_mod
 
-    demo_mod.run_demo(out_root=out_root, report=report, seed=seed, quick=quick, overwrite=overwrite)
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise HarnessError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, quick=quick, overwrite=overwrite)
 
 
 @app.command()

@@ -77,7 +77,7 @@ class LPO:
         if lrm_path is None:
             lrm_path = finished_stage(ctx, "lrm")  # resuming a run whose LRM stage had finished
         if lrm_path is None:
-            lrm_path, self.reward_rows = train_reward_stage(ctx, "lrm")
+            lrm_path, self.reward_rows = train_reward_stage(ctx, "lrm", overrides=ctx.options.get("rm_overrides"))
         with ctx.ledger.phase(Phase.PREP):
             self.lrm = LatentRewardModel.load(lrm_path, bundle, device=bundle.device).eval().requires_grad_(False)
             self.prompts = training_prompts(ctx.backbone, data_dir=ctx.data_dir, limit=self.cfg.num_train_prompts)
