@@ -90,10 +90,18 @@ def pipeline_files(family: str, variant: str | None = None, *, include_vae: bool
     """
     v = _variant_suffix(variant)
     files = [f"unet/diffusion_pytorch_model{v}.safetensors", "unet/config.json", "model_index.json"]
-    files += ["scheduler/scheduler_config.json", f"text_encoder/model{v}.safetensors", "text_encoder/config.json"]
+    files += [
+        "scheduler/scheduler_config.json",
+        f"text_encoder/model{v}.safetensors",
+        "text_encoder/config.json",
+    ]
     files += ["tokenizer/tokenizer_config.json"]
     if family == "sdxl":
-        files += [f"text_encoder_2/model{v}.safetensors", "text_encoder_2/config.json", "tokenizer_2/tokenizer_config.json"]
+        files += [
+            f"text_encoder_2/model{v}.safetensors",
+            "text_encoder_2/config.json",
+            "tokenizer_2/tokenizer_config.json",
+        ]
     if include_vae:
         files += [f"vae/diffusion_pytorch_model{v}.safetensors", "vae/config.json"]
     return tuple(files)
@@ -123,14 +131,27 @@ def _resolve(
     for variant in variants:
         try:
             path = resolve_snapshot(
-                repo_id, revision, required=files(variant), weights_dir=weights_dir, allow_download=False, how_to=how_to
+                repo_id,
+                revision,
+                required=files(variant),
+                weights_dir=weights_dir,
+                allow_download=False,
+                how_to=how_to,
             )
             return path, variant
         except HarnessError as exc:
             first_error = first_error or exc
     if download_allowed(allow_download):
+        required = files(variants[0])
         path = resolve_snapshot(
-            repo_id, revision, required=files(variants[0]), weights_dir=weights_dir, allow_download=True, how_to=how_to
+            repo_id,
+            revision,
+            required=required,
+            weights_dir=weights_dir,
+            allow_download=True,
+            how_to=how_to,
+            # Exactly the needed weights (hub repos also hold .bin, fp16 and EMA copies: many GB).
+            download_patterns=[*required, "*.json", "*.txt"],
         )
         return path, variants[0]
     assert first_error is not None
@@ -174,9 +195,13 @@ def load_backbone(
     vae_path = None
     if separate_vae:
         assert spec.vae_id is not None and spec.vae_revision is not None
-        vae_path, _ = _resolve(spec.vae_id, spec.vae_revision, _vae_files, (None,), weights_dir, allow_download)
+        vae_path, _ = _resolve(
+            spec.vae_id, spec.vae_revision, _vae_files, (None,), weights_dir, allow_download
+        )
         provenance.update(vae_id=spec.vae_id, vae_revision=spec.vae_revision)
-    return _build(name, spec.family, path, variant, dtype, device, spec.resolution, provenance, vae_path=vae_path)
+    return _build(
+        name, spec.family, path, variant, dtype, device, spec.resolution, provenance, vae_path=vae_path
+    )
 
 
 def load_sd15(
@@ -189,7 +214,12 @@ def load_sd15(
 ) -> ModelBundle:
     """Stable Diffusion 1.5 (512 px, one CLIP ViT-L/14 text encoder)."""
     return load_backbone(
-        "sd15", weights_dir=weights_dir, device=device, dtype=dtype, allow_download=allow_download, revision=revision
+        "sd15",
+        weights_dir=weights_dir,
+        device=device,
+        dtype=dtype,
+        allow_download=allow_download,
+        revision=revision,
     )
 
 
@@ -203,7 +233,12 @@ def load_sd21(
 ) -> ModelBundle:
     """Stable Diffusion 2.1-base (512 px, epsilon prediction, OpenCLIP ViT-H text encoder)."""
     return load_backbone(
-        "sd21", weights_dir=weights_dir, device=device, dtype=dtype, allow_download=allow_download, revision=revision
+        "sd21",
+        weights_dir=weights_dir,
+        device=device,
+        dtype=dtype,
+        allow_download=allow_download,
+        revision=revision,
     )
 
 
@@ -217,7 +252,12 @@ def load_sdxl(
 ) -> ModelBundle:
     """SDXL base 1.0 (1024 px, two text encoders, fp16-fix VAE)."""
     return load_backbone(
-        "sdxl", weights_dir=weights_dir, device=device, dtype=dtype, allow_download=allow_download, revision=revision
+        "sdxl",
+        weights_dir=weights_dir,
+        device=device,
+        dtype=dtype,
+        allow_download=allow_download,
+        revision=revision,
     )
 
 
@@ -323,30 +363,59 @@ def _build(
             return fn()
         except Exception as exc:  # corrupt/incompatible files: say which component and where
             msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            raise HarnessError(f"could not load {what} of {name} from {path}: {msg}. Re-download that folder.") from None
+            raise HarnessError(
+                f"could not load {what} of {name} from {path}: {msg}. Re-download that folder."
+            ) from None
 
-    scheduler = load("scheduler", lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True))
+    scheduler = load(
+        "scheduler", lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    )
     if scheduler.config.prediction_type != "epsilon":
         raise HarnessError(
             f"{name} predicts {scheduler.config.prediction_type!r}; lpo-bench methods need an epsilon-prediction backbone"
         )
-    unet = load("unet", lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **common))
+    unet = load(
+        "unet",
+        lambda: UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", torch_dtype=torch_dtype, **common
+        ),
+    )
     if vae_path is not None:
-        vae = load("vae", lambda: AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch_dtype, local_files_only=True))
+        vae = load(
+            "vae",
+            lambda: AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch_dtype, local_files_only=True),
+        )
     else:
-        vae = load("vae", lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **common))
+        vae = load(
+            "vae",
+            lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **common),
+        )
     te_kwargs = {"dtype": torch_dtype, "local_files_only": True, "variant": variant, "use_safetensors": True}
-    encoders = [load("text_encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **te_kwargs))]
-    tokenizers = [load("tokenizer", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True))]
+    encoders = [
+        load(
+            "text_encoder", lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **te_kwargs)
+        )
+    ]
+    tokenizers = [
+        load(
+            "tokenizer",
+            lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True),
+        )
+    ]
     if family == "sdxl":
         encoders.append(
             load(
                 "text_encoder_2",
-                lambda: CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **te_kwargs),
+                lambda: CLIPTextModelWithProjection.from_pretrained(
+                    path, subfolder="text_encoder_2", **te_kwargs
+                ),
             )
         )
         tokenizers.append(
-            load("tokenizer_2", lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True))
+            load(
+                "tokenizer_2",
+                lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True),
+            )
         )
     unet_file = path / "unet" / f"diffusion_pytorch_model{_variant_suffix(variant)}.safetensors"
     provenance = {

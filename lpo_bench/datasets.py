@@ -130,9 +130,16 @@ def _download(pf: PinnedFile, dest: Path) -> None:
 
 
 def resolve_pinned_file(
-    pf: PinnedFile, *, data_dir: str | Path | None = None, allow_download: bool | None = None
+    pf: PinnedFile,
+    *,
+    data_dir: str | Path | None = None,
+    allow_download: bool | None = None,
+    how_to: str = "pass --data-dir DIR containing it",
 ) -> Path:
-    """Local path of ``pf`` after sha256 verification (``data_dir``, then cache, then opt-in download)."""
+    """Local path of ``pf`` after sha256 verification (``data_dir``, then cache, then opt-in download).
+
+    ``how_to`` completes the "not available" error (callers for weights point to --weights-dir).
+    """
     if data_dir is not None:
         for cand in (Path(data_dir) / pf.name, Path(data_dir) / pf.path):
             if cand.is_file():
@@ -148,7 +155,7 @@ def resolve_pinned_file(
         _download(pf, cached)
         return cached
     raise HarnessError(
-        f"{pf.name} ({pf.describe()}) is not available locally; pass --data-dir DIR containing it, "
+        f"{pf.name} ({pf.describe()}) is not available locally; {how_to}, "
         f"or allow the download from {pf.url} with --download (LPO_BENCH_DOWNLOAD=1)"
     )
 

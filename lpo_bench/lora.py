@@ -56,7 +56,9 @@ def add_lora(
             p.requires_grad_(True)
             params.append(p)
     if not params:
-        raise HarnessError(f"LoRA targets {list(targets)} matched no layer of the UNet; check the module names")
+        raise HarnessError(
+            f"LoRA targets {list(targets)} matched no layer of the UNet; check the module names"
+        )
     return params
 
 
@@ -86,7 +88,7 @@ def reference_mode(unet: Any) -> Iterator[Any]:
     try:
         yield unet
     finally:
-        for m, disabled in zip(layers, was_disabled):
+        for m, disabled in zip(layers, was_disabled, strict=True):
             m.enable_adapters(not disabled)
 
 
@@ -104,7 +106,9 @@ def export_lora(unet: Any, out_dir: str | Path, adapter_name: str = "default") -
     if adapter_name not in getattr(unet, "peft_config", {}):
         raise HarnessError(f"the UNet has no LoRA adapter {adapter_name!r} to export")
     state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    state = convert_state_dict_to_diffusers({k: v.detach().float().cpu().contiguous() for k, v in state.items()})
+    state = convert_state_dict_to_diffusers(
+        {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipeline_cls = StableDiffusionXLPipeline if _is_sdxl(unet) else StableDiffusionPipeline
@@ -143,7 +147,11 @@ def load_lora_into(unet: Any, lora_dir: str | Path, adapter_name: str = "default
     if not file.exists():
         raise HarnessError(f"no LoRA weights at {file}; pass the directory written by export_lora")
     unet.load_lora_adapter(
-        str(file.parent), weight_name=file.name, prefix="unet", adapter_name=adapter_name, local_files_only=True
+        str(file.parent),
+        weight_name=file.name,
+        prefix="unet",
+        adapter_name=adapter_name,
+        local_files_only=True,
     )
     unet.set_adapters([adapter_name])
     return unet

@@ -47,6 +47,7 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
     "suite": "str",
     "suite_version": "str",
     "inputs_sha256": "str",
+    "category": "str",  # suite category (T2I-CompBench++ category, toy family, prompt source) or "all"
     "n_prompts": "int",
     "images_per_prompt": "int",
     "sampler": "str",

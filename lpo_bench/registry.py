@@ -39,6 +39,7 @@ REWARD_MODELS: dict[str, str] = {
     "toy-aesthetic": "lpo_bench.toy.metrics:ToyAesthetic",
     "toy-clip": "lpo_bench.toy.metrics:ToyClip",
     "toy-vqa": "lpo_bench.toy.metrics:ToyVQA",
+    "toy-compbench": "lpo_bench.toy.metrics:ToyCompBench",
 }
 
 # Step-level (noisy-input) reward models trained by the methods.

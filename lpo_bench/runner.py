@@ -203,12 +203,13 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
         "provenance": prov,
         "status": "running",
     }
-    if is_main:
-        records.atomic_write_json(run_dir / "run.json", run_info)
-    base = _measurement_base(run_info, bundle)
-    if is_main and getattr(method, "reward_rows", None) and not resuming:
-        # validation of a reward model trained as this run's first stage (RM_TRAIN)
-        records.write_measurements(run_dir, list(method.reward_rows), base)
+    with ledger.phase(Phase.CHECKPOINT):  # record writes: off the headline clock, but inside the identity
+        if is_main:
+            records.atomic_write_json(run_dir / "run.json", run_info)
+        base = _measurement_base(run_info, bundle)
+        if is_main and getattr(method, "reward_rows", None) and not resuming:
+            # validation of a reward model trained as this run's first stage (RM_TRAIN)
+            records.write_measurements(run_dir, list(method.reward_rows), base)
     train_log = run_dir / "train_log.jsonl"
     next_eval_s = _next_eval(ledger, opts)
     interrupted = False
@@ -220,9 +221,10 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
             logs = method.train_step(step)
         _check_finite(logs, step, run_dir)
         step += 1
-        if is_main:
-            with ledger.phase(Phase.CHECKPOINT), open(train_log, "a") as fh:
-                fh.write(json.dumps({"step": step, "gpu_h": ledger.gpu_h(COUNTED), **logs}) + "\n")
+        with ledger.phase(Phase.CHECKPOINT):  # every rank enters each phase: row flushes are collective
+            if is_main:
+                with open(train_log, "a") as fh:
+                    fh.write(json.dumps({"step": step, "gpu_h": ledger.gpu_h(COUNTED), **logs}) + "\n")
         if step % max(1, opts.checkpoint_every_updates) == 0:
             with ledger.phase(Phase.CHECKPOINT):
                 _save_checkpoint(ckpt_path, method, step, ledger, is_main)

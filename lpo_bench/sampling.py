@@ -16,8 +16,10 @@ from lpo_bench import steps
 from lpo_bench.bundle import ModelBundle
 
 
-def sample_seed(seed_base: int, prompt_idx: int, image_idx: int) -> int:
-    """A 63-bit seed derived from (seed_base, prompt_idx, image_idx) by sha256 (stable across runs)."""
+def sample_seed(seed_base: int, prompt_idx: int | str, image_idx: int) -> int:
+    """A 63-bit seed derived from (seed_base, prompt_idx, image_idx) by sha256 (stable across runs).
+
+    ``prompt_idx`` may be a suite's stable string prompt id ("color/0007")."""
     h = hashlib.sha256(f"{seed_base}/{prompt_idx}/{image_idx}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 

@@ -94,6 +94,15 @@ def median_time_to_target(times: Sequence[float]) -> float:
     return math.inf if math.isinf(hi) else float((lo + hi) / 2)
 
 
+def median_range(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the finite values (e.g. a cost over training seeds); nan when none."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    return (float(np.median(x)), float(x.min()), float(x.max()))
+
+
 def speedup(reference_cost: float, method_cost: float) -> float:
     """How many times cheaper the method is than the reference: reference / method.
 

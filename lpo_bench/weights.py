@@ -47,12 +47,14 @@ def resolve_snapshot(
     weights_dir: str | Path | None = None,
     allow_download: bool | None = None,
     how_to: str = "",
+    download_patterns: list[str] | None = None,
 ) -> Path:
     """Directory holding ``required`` files of ``repo_id@revision``.
 
     Looks in ``weights_dir`` (``DIR/<org>/<name>``, ``DIR/<org>--<name>``, ``DIR/<name>`` or
     ``DIR`` itself), then in the local HF cache at that revision, then (opt-in) downloads.
     Raises HarnessError naming the repo, revision, first missing file and paths checked.
+    ``download_patterns`` narrows the opt-in download (default: the required files' folders).
     """
     checked: list[str] = []
     # Most complete partial copy seen (fewest missing files), so the error names a file that is really absent.
@@ -87,7 +89,8 @@ def resolve_snapshot(
         try:
             from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_patterns(required)))
+            patterns = download_patterns or _patterns(required)
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
             if all((path / f).exists() for f in required):
                 return path
         except Exception as exc:
@@ -98,7 +101,8 @@ def resolve_snapshot(
     raise HarnessError(
         f"weights not found: {repo_id}@{revision} file {missing}; checked {', '.join(checked)}. "
         f"Provide them with --weights-dir DIR (a local copy of the repo) or put them in the "
-        f"Hugging Face cache (HF_HOME), or pass --download on a machine with network access. {how_to}"
+        f"Hugging Face cache (HF_HOME), or allow a download with --download (LPO_BENCH_DOWNLOAD=1) "
+        f"on a machine with network access. {how_to}"
     )
 
 

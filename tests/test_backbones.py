@@ -13,13 +13,29 @@ import pytest
 import torch
 
 from lpo_bench import backbones
-from lpo_bench.backbones import BACKBONE_SPECS, load_dir, load_from_components, load_sd15, load_sd21, load_sdxl
+from lpo_bench.backbones import (
+    BACKBONE_SPECS,
+    load_dir,
+    load_from_components,
+    load_sd15,
+    load_sd21,
+    load_sdxl,
+)
 from lpo_bench.errors import HarnessError
 from lpo_bench.testing import clip_tokenizer, tiny_bundle, tiny_components, tiny_diffusers_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One thread: on a shared, oversubscribed 2-core box two OpenMP threads make tiny ops ~100x slower.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run single-threaded: on a shared, oversubscribed 2-core box two OpenMP threads
+    made a tiny UNet forward ~100x slower (1.3 s vs 7 ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 FAMILIES = ("sd15", "sd21", "sdxl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +119,11 @@ def test_ddim_timesteps_and_training_schedule(bundles):
     b = bundles["sd15"]
     assert b.ddim_scheduler(20).timesteps.tolist() == list(range(951, 0, -50))
     s = b.scheduler
-    assert (s.config.beta_schedule, s.config.beta_start, s.config.beta_end) == ("scaled_linear", 0.00085, 0.012)
+    assert (s.config.beta_schedule, s.config.beta_start, s.config.beta_end) == (
+        "scaled_linear",
+        0.00085,
+        0.012,
+    )
     assert b.num_train_timesteps == 1000
     # scaled_linear: beta_t = (sqrt(b0) + t/999 (sqrt(b1) - sqrt(b0)))^2
     assert float(s.betas[-1]) == pytest.approx(0.012, rel=1e-5)
@@ -185,18 +205,50 @@ def test_missing_weights_error_is_fast_and_actionable(tmp_path):
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "ERR weights not found: stable-diffusion-v1-5/stable-diffusion-v1-5@451f4fe" in out
     assert "unet/diffusion_pytorch_model.safetensors" in out and "--weights-dir" in out and "HF_HOME" in out
     assert str(tmp_path / "hf" / "hub") in out
     assert "TORCH False" in out
 
 
+def test_opt_in_download_fetches_only_the_needed_files(sd15_dir, empty_hf_cache, monkeypatch):
+    """The download branch, with the hub replaced by a fake that serves the tiny pipeline."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, revision, allow_patterns, local_files_only=False):
+        calls.append((repo_id, revision, list(allow_patterns), local_files_only))
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(sd15_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    b = load_sd15(allow_download=True)
+    assert b.provenance["backbone_revision"] == BACKBONE_SPECS["sd15"].revision
+    downloads = [c for c in calls if not c[3]]
+    assert len(downloads) == 1 and downloads[0][0] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    patterns = downloads[0][2]
+    assert "unet/diffusion_pytorch_model.safetensors" in patterns and "unet/*" not in patterns
+    assert not any(p.endswith(".bin") or "fp16" in p for p in patterns)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline wins over the opt-in: no hub call at all
+    calls.clear()
+    with pytest.raises(HarnessError, match="weights not found"):
+        load_sd15(allow_download=True)
+    assert all(c[3] for c in calls)
+
+
 def test_partial_weights_dir_names_the_missing_file(tmp_path, sd15_dir, empty_hf_cache):
     partial = tmp_path / "partial"
     shutil.copytree(sd15_dir, partial)
     (partial / "vae" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(HarnessError, match=r"file vae/diffusion_pytorch_model\.safetensors; checked .*partial"):
+    with pytest.raises(
+        HarnessError, match=r"file vae/diffusion_pytorch_model\.safetensors; checked .*partial"
+    ):
         load_sd15(weights_dir=partial)
     with pytest.raises(HarnessError, match=r"vae/diffusion_pytorch_model\.safetensors is missing"):
         load_dir(partial, "sd15")
@@ -208,7 +260,11 @@ def test_half_precision_prefers_fp16_variant_and_falls_back(tmp_path, sd15_dir, 
     assert b.text_encoders[0].dtype == torch.bfloat16
     fp16_dir = tmp_path / "fp16"
     shutil.copytree(sd15_dir, fp16_dir)
-    for sub, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+    for sub, stem in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ):
         (fp16_dir / sub / f"{stem}.safetensors").rename(fp16_dir / sub / f"{stem}.fp16.safetensors")
     b16 = load_sd15(weights_dir=fp16_dir, dtype="fp16")
     assert b16.provenance["weights_variant"] == "fp16" and b16.dtype == torch.float16
@@ -229,13 +285,22 @@ def test_load_from_components_freezes_and_builds_ddpm():
     c = tiny_components("sd15", seed=1)
     c["unet"].requires_grad_(True)
     b = load_from_components(
-        "mine", c["unet"], c["vae"], (c["text_encoder"],), (c["tokenizer"],), c["scheduler"],
-        text_kind="sd", resolution=32, provenance={"backbone_id": "mine"},
+        "mine",
+        c["unet"],
+        c["vae"],
+        (c["text_encoder"],),
+        (c["tokenizer"],),
+        c["scheduler"],
+        text_kind="sd",
+        resolution=32,
+        provenance={"backbone_id": "mine"},
     )
     assert not any(p.requires_grad for p in b.unet.parameters())
     assert type(b.scheduler).__name__ == "DDPMScheduler" and b.provenance == {"backbone_id": "mine"}
     with pytest.raises(HarnessError, match="text_kind"):
-        load_from_components("x", c["unet"], c["vae"], (), (), c["scheduler"], text_kind="sd3", resolution=32, provenance={})
+        load_from_components(
+            "x", c["unet"], c["vae"], (), (), c["scheduler"], text_kind="sd3", resolution=32, provenance={}
+        )
 
 
 def test_specs_are_pinned_to_commits():

@@ -20,8 +20,16 @@ from lpo_bench.lora import (
 from lpo_bench.testing import tiny_bundle, tiny_components
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One thread: on a shared, oversubscribed 2-core box two OpenMP threads make tiny ops ~100x slower.
-torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run single-threaded: on a shared, oversubscribed 2-core box two OpenMP threads
+    made a tiny UNet forward ~100x slower (1.3 s vs 7 ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _inputs(bundle, seed=1):
@@ -129,7 +137,9 @@ def test_exported_lora_loads_into_a_diffusers_pipeline(tuned, tmp_path):
     if family == "sdxl":
         pipe = StableDiffusionXLPipeline(**comps)
     else:
-        pipe = StableDiffusionPipeline(**comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(
+            **comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     assert torch.allclose(b.unet_forward(x, t, e, unet=pipe.unet), base, atol=1e-6)
     pipe.load_lora_weights(tmp_path / "lora")
     # alpha=2 != rank=4: equality needs the stored LoRA config (scale alpha/rank).

@@ -66,3 +66,10 @@ def test_geometric_mean_skips_non_finite():
     assert stats.geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
     assert stats.geometric_mean([2.0, 8.0, math.inf, 0.0]) == pytest.approx(4.0)
     assert math.isnan(stats.geometric_mean([]))
+
+
+def test_median_range_over_seeds_ignores_non_finite():
+    assert stats.median_range([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    assert stats.median_range([4.0, 1.0, 2.0, 3.0]) == (2.5, 1.0, 4.0)
+    assert stats.median_range([5.0, math.nan]) == (5.0, 5.0, 5.0)
+    assert all(math.isnan(v) for v in stats.median_range([]))

@@ -60,7 +60,9 @@ def test_vqa_is_product_of_phrase_yes_probabilities():
     expected = (EPS / 2 + (1 - EPS) * 0.72) * (EPS / 2 + (1 - EPS) * 0.4)
     assert M.vqa_from_parsed(_pscene(A, B), spec) == pytest.approx(expected)
     # a missing object answers "no": the floor EPS/2
-    assert M.vqa_from_parsed(_pscene(A), spec) == pytest.approx((EPS / 2 + (1 - EPS) * 0.72) * (EPS / 2 + (1 - EPS) * 0.002))
+    assert M.vqa_from_parsed(_pscene(A), spec) == pytest.approx(
+        (EPS / 2 + (1 - EPS) * 0.72) * (EPS / 2 + (1 - EPS) * 0.002)
+    )
     # "two red circles" asks for the second best match
     two = W.parse_prompt("two red circles")
     a2 = _pobj("circle", 1.0, "red", 0.5, 1.0)
@@ -77,7 +79,9 @@ def test_spatial_official_rule():
     assert M.spatial_from_parsed(_pscene(A, B), above) == 0.0  # |dy| = 0 < |dx|
     only_one = W.parse_prompt("a red circle on the left of a blue triangle")
     assert M.spatial_from_parsed(_pscene(A, B), only_one) == 0.0  # 0.25 * 0.9 < 0.5
-    weak = _pobj("square", 0.4, "blue", 1.0, 1.0, (20, 10, 30, 20))  # labelled square? no: circle/triangle 0.3
+    weak = _pobj(
+        "square", 0.4, "blue", 1.0, 1.0, (20, 10, 30, 20)
+    )  # labelled square? no: circle/triangle 0.3
     assert M.spatial_from_parsed(_pscene(A, weak), spec) == 0.0  # below the detector threshold
 
 
@@ -175,7 +179,7 @@ def test_parser_exact_on_clean_renders():
     scenes = [W.scene_for(s, rng) for s in specs]
     parsed = P.parse_batch(W.render_batch(scenes))
     exact = sizes = 0
-    for scene, p in zip(scenes, parsed):
+    for scene, p in zip(scenes, parsed, strict=True):
         exact += Counter((o.shape, o.color, o.texture) for o in scene.objects) == Counter(
             (o.shape, o.color, o.texture) for o in p.objects
         )
@@ -198,7 +202,11 @@ def test_parser_centres_and_boxes():
 def test_parser_degrades_gracefully(kind):
     rng = np.random.default_rng(2)
     if kind in ("noise", "black", "white"):
-        imgs = {"noise": rng.random((8, 32, 32, 3)), "black": np.zeros((8, 32, 32, 3)), "white": np.ones((8, 32, 32, 3))}[kind]
+        imgs = {
+            "noise": rng.random((8, 32, 32, 3)),
+            "black": np.zeros((8, 32, 32, 3)),
+            "white": np.ones((8, 32, 32, 3)),
+        }[kind]
     else:
         specs = [W.sample_prompt(rng) for _ in range(8)]
         imgs = W.render_batch([W.corrupt(W.scene_for(s, rng), s, rng, kind) for s in specs])
@@ -228,9 +236,18 @@ def test_oracle_prefers_clean_scenes_over_every_corruption():
 
 def test_rendered_spatial_and_numeracy_scenes():
     spec = W.parse_prompt("a red circle on the left of a blue square")
-    good = _scene(("circle", "red", "solid", "large", 5.0, 8.0, 16.0), ("square", "blue", "solid", "large", 5.0, 24.0, 16.0))
-    flipped = _scene(("circle", "red", "solid", "large", 5.0, 24.0, 16.0), ("square", "blue", "solid", "large", 5.0, 8.0, 16.0))
-    stacked = _scene(("circle", "red", "solid", "large", 5.0, 12.0, 8.0), ("square", "blue", "solid", "large", 5.0, 16.0, 24.0))
+    good = _scene(
+        ("circle", "red", "solid", "large", 5.0, 8.0, 16.0),
+        ("square", "blue", "solid", "large", 5.0, 24.0, 16.0),
+    )
+    flipped = _scene(
+        ("circle", "red", "solid", "large", 5.0, 24.0, 16.0),
+        ("square", "blue", "solid", "large", 5.0, 8.0, 16.0),
+    )
+    stacked = _scene(
+        ("circle", "red", "solid", "large", 5.0, 12.0, 8.0),
+        ("square", "blue", "solid", "large", 5.0, 16.0, 24.0),
+    )
     imgs = W.render_batch([good, flipped, stacked])
     scores = M.spatial_score(imgs, [spec] * 3)
     assert scores[0] > 0.97 and scores[1] == 0.0 and scores[2] == 0.0
@@ -240,19 +257,27 @@ def test_rendered_spatial_and_numeracy_scenes():
 
     num = W.parse_prompt("two green triangles")
     tri = ("triangle", "green", "solid", "small", 4.0)
-    imgs = W.render_batch([
-        _scene(tri + (8.0, 16.0), tri + (24.0, 16.0)),
-        _scene(tri + (8.0, 16.0)),
-        _scene(tri + (6.0, 16.0), tri + (16.0, 16.0), tri + (26.0, 16.0)),
-        _scene(("square", "green", "solid", "small", 4.0, 8.0, 16.0)),
-    ])
+    imgs = W.render_batch(
+        [
+            _scene(tri + (8.0, 16.0), tri + (24.0, 16.0)),
+            _scene(tri + (8.0, 16.0)),
+            _scene(tri + (6.0, 16.0), tri + (16.0, 16.0), tri + (26.0, 16.0)),
+            _scene(("square", "green", "solid", "small", 4.0, 8.0, 16.0)),
+        ]
+    )
     assert M.numeracy_score(imgs, [num] * 4).tolist() == [1.0, 0.5, 0.5, 0.0]
 
 
 def test_vqa_catches_binding_errors_clip_like_does_not():
     spec = W.parse_prompt("a red circle and a blue square")
-    good = _scene(("circle", "red", "solid", "large", 5.0, 8.0, 16.0), ("square", "blue", "solid", "large", 5.0, 24.0, 16.0))
-    swapped = _scene(("circle", "blue", "solid", "large", 5.0, 8.0, 16.0), ("square", "red", "solid", "large", 5.0, 24.0, 16.0))
+    good = _scene(
+        ("circle", "red", "solid", "large", 5.0, 8.0, 16.0),
+        ("square", "blue", "solid", "large", 5.0, 24.0, 16.0),
+    )
+    swapped = _scene(
+        ("circle", "blue", "solid", "large", 5.0, 8.0, 16.0),
+        ("square", "red", "solid", "large", 5.0, 24.0, 16.0),
+    )
     imgs = W.render_batch([good, swapped])
     vqa, clip = M.vqa_score(imgs, [spec] * 2), M.clip_like_score(imgs, [spec] * 2)
     assert vqa[0] > 0.85 and vqa[1] < 1e-3

@@ -94,8 +94,7 @@ def _min_gap_px(scene: W.Scene) -> float:
         for o in scene.objects
     ]
     return min(
-        distance_transform_edt(~a)[b].min() / W.SUPERSAMPLE
-        for a, b in itertools.combinations(masks, 2)
+        distance_transform_edt(~a)[b].min() / W.SUPERSAMPLE for a, b in itertools.combinations(masks, 2)
     )
 
 

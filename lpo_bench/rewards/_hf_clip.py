@@ -25,7 +25,8 @@ class HFClip:
         self.device = device
         self.tokenizer = None
         if need_text:
-            self.tokenizer = transformers.CLIPTokenizer.from_pretrained(processor_dir)
+            # Auto: the fast tokenizer from tokenizer.json on transformers 4.x too (some repos lack merges.txt).
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(processor_dir)
             check_vocab(len(self.tokenizer), CLIP_VOCAB_SIZE, str(processor_dir))
         processor_cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
         self.image_processor = processor_cls.from_pretrained(processor_dir)

@@ -30,7 +30,7 @@ PICKSCORE_MODEL = HubFiles(
 LAION_H14_PROCESSOR = HubFiles(
     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     "1c2b8495b28150b8a4922ee1c8edee224c284c0c",
-    ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"),
+    ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"),
 )
 
 

@@ -322,9 +322,8 @@ def load_toy_bundle(
     tokenizer = load_toy_tokenizer()
     shas = weights_sha256(root)
     combined = hashlib.sha256("".join(f"{k}:{shas[k]}\n" for k in sorted(shas)).encode()).hexdigest()
-    torch_dtype = _DTYPES[dtype]
     for m in (unet, vae, text_encoder):
-        m.to(device=device, dtype=torch_dtype)
+        m.to(device) if dtype == "fp32" else m.to(device=device, dtype=_DTYPES[dtype])
         m.requires_grad_(False)
     bundle = ModelBundle(
         name="toy",

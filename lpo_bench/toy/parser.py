@@ -31,6 +31,7 @@ never certain (like a real VQA model), which keeps products and logs finite.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def _smooth(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-np.clip(x, -50, 50))))
+    return 1.0 / (1.0 + math.exp(-min(max(float(x), -50.0), 50.0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,7 +135,8 @@ def _projections(imgs: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarr
     d = imgs - bg[:, None, None, :].astype(np.float32)  # [B,32,32,3]
     v = (colors[None] - bg[:, None, :]).astype(np.float32)  # [B,12,3]
     vv = (v * v).sum(-1)[:, None, None, :]  # [B,1,1,12]
-    dv = np.matmul(d.reshape(len(d), -1, 3), v.transpose(0, 2, 1)).reshape(*d.shape[:3], -1)
+    vb = v[:, None, None, :, :]  # [B,1,1,12,3]
+    dv = d[..., 0:1] * vb[..., 0] + d[..., 1:2] * vb[..., 1] + d[..., 2:3] * vb[..., 2]  # [B,32,32,12]
     alpha = dv / vv
     np.clip(alpha, 0.0, 1.0, out=alpha)
     # |d - a v|^2 = |d|^2 - a (2 d.v - a |v|^2)
@@ -163,7 +165,7 @@ def _template(shape: str, r: float, cx: float, cy: float, y0: int, x0: int, h: i
     xs = x0 + (np.arange(w * s) + 0.5) / s
     ys = y0 + (np.arange(h * s) + 0.5) / s
     m = W.shape_masks(shape, np.array([r]), np.array([cx]), np.array([cy]), xs, ys)[0]
-    return m.reshape(h, s, w, s).mean(axis=(1, 3))
+    return m.reshape(h, s, w, s).sum(axis=(1, 3), dtype=np.float32) * (1.0 / (s * s))
 
 
 def _parse_object(
@@ -197,7 +199,12 @@ def _parse_object(
 
     # shape: compare with same-area, same-centroid templates over the window
     radii = np.sqrt(area / np.array([W.AREA_FACTOR[s] for s in W.SHAPES]))
-    sse = np.array([((a - _template(s, r, cx, cy, y0, x0, h, w)) ** 2).sum() for s, r in zip(W.SHAPES, radii)])
+    sse = np.array(
+        [
+            ((a - _template(s, r, cx, cy, y0, x0, h, w)) ** 2).sum()
+            for s, r in zip(W.SHAPES, radii, strict=True)
+        ]
+    )
     shape_probs = _smooth(np.exp(-(sse - sse.min()) / SHAPE_TEMPERATURE_PX))
     radius = float(shape_probs @ radii)
     p_large = _sigmoid((radius - W.SIZE_THRESHOLD_PX) / SIZE_SCALE_PX)

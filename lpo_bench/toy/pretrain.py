@@ -36,16 +36,16 @@ from lpo_bench.toy.models import (
     num_params,
 )
 
-STEPS_VAE = 700
+STEPS_VAE = 600
 STEPS_UNET = 1800
-BATCH_VAE = 64
+POOL_IMAGES = 24000  # rendered once (rendering costs ~5 ms per image); flips double it
 LR_VAE = 2e-3
 LR_UNET = 1e-3
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 DEFECT_PROB = 0.3
 NUM_THREADS = 2
-SCALE_SAMPLES = 1024  # images used to measure the latent std
+_FLIP_WORDS = {"left": "right", "right": "left"}
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -56,15 +56,34 @@ def _gen(seed: int, purpose: str) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int(_rng(seed, purpose).integers(0, 2**62)))
 
 
-def _batch(rng: np.random.Generator, n: int) -> tuple[list[str], torch.Tensor]:
-    """n (prompt, image) training pairs -> (texts, images [n,3,32,32] in [-1,1])."""
+def flip_prompt(text: str) -> str:
+    """The prompt of the horizontally mirrored image: "left" and "right" swap, nothing else changes.
+
+    Mirroring keeps every toy shape (apex-up triangles are symmetric) and the horizontal stripes.
+    """
+    return " ".join(_FLIP_WORDS.get(w, w) for w in text.split(" "))
+
+
+def _make_pool(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """n training pairs plus their mirror images -> (2n texts, images [2n,3,32,32] in [-1,1])."""
+    rng = _rng(seed, "pool")
     texts, imgs = [], []
-    for _ in range(n):
-        text, img = world.sample_training_example(rng, defect_prob=DEFECT_PROB)
-        texts.append(text)
-        imgs.append(img)
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float()
-    return texts, x * 2 - 1
+    for start in range(0, n, 512):
+        t, im = world.sample_training_batch(rng, min(512, n - start), defect_prob=DEFECT_PROB)
+        texts += t
+        imgs.append(torch.from_numpy(im).permute(0, 3, 1, 2))
+    x = torch.cat(imgs) * 2 - 1
+    return texts + [flip_prompt(t) for t in texts], torch.cat([x, x.flip(-1)])
+
+
+def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """``steps`` index batches drawn epoch by epoch from seeded permutations of range(n)."""
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos : pos + batch_size]
+        pos += batch_size
 
 
 def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -75,24 +94,26 @@ def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _train_vae(vae: Any, steps: int, seed: int, log: Callable[[str], None]) -> dict[str, float]:
-    rng, gen = _rng(seed, "vae-data"), _gen(seed, "vae-posterior")
+def _train_vae(
+    vae: Any, images: torch.Tensor, steps: int, batch_size: int, seed: int, log: Callable[[str], None]
+) -> dict[str, float]:
+    gen_post = _gen(seed, "vae-posterior")
     opt = torch.optim.AdamW(vae.parameters(), lr=LR_VAE, weight_decay=0.0)
     vae.train()
     rec = kl = float("nan")
-    for step in range(steps):
+    for step, idx in enumerate(_batches(len(images), batch_size, steps, _gen(seed, "vae-order"))):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, LR_VAE)
-        _, x = _batch(rng, BATCH_VAE)
+        x = images[idx]
         dist = vae.encode(x).latent_dist
-        recon = vae.decode(dist.sample(generator=gen)).sample
+        recon = vae.decode(dist.sample(generator=gen_post)).sample
         rec_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
         kl_loss = dist.kl().mean()
         loss = rec_loss + KL_WEIGHT * kl_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        rec, kl = float(rec_loss), float(kl_loss)
+        rec, kl = rec_loss.item(), kl_loss.item()
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} rec {rec:.4f} kl {kl:.1f}")
     vae.eval()
@@ -100,57 +121,57 @@ def _train_vae(vae: Any, steps: int, seed: int, log: Callable[[str], None]) -> d
 
 
 @torch.no_grad()
-def _measure_scale(vae: Any, seed: int) -> tuple[float, float]:
-    """(1/std, mean) of posterior-sampled latents of fresh images."""
-    rng, gen = _rng(seed, "scale-data"), _gen(seed, "scale-posterior")
-    lat = []
-    for _ in range(SCALE_SAMPLES // 128):
-        _, x = _batch(rng, 128)
-        lat.append(vae.encode(x).latent_dist.sample(generator=gen))
-    z = torch.cat(lat)
-    return float(1.0 / z.std()), float(z.mean())
+def _encode_pool(vae: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, std) of every pool image, unscaled latents [n,4,8,8] each."""
+    means, stds = [], []
+    for start in range(0, len(images), 512):
+        dist = vae.encode(images[start : start + 512]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
 
 
 def _train_unet(
-    unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
-    steps: int, batch_size: int, seed: int, log: Callable[[str], None],
+    unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, pool: tuple[list[str], torch.Tensor, torch.Tensor],
+    scale: float, steps: int, batch_size: int, seed: int, log: Callable[[str], None],
 ) -> dict[str, float]:
-    rng = _rng(seed, "unet-data")
+    texts, lat_mean, lat_std = pool
+
+    def tokenize(t: list[str]) -> torch.Tensor:
+        return tokenizer(t, padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+
+    ids_all, ids_empty = tokenize(texts), tokenize([""])
     g_post, g_noise, g_t, g_drop = (_gen(seed, p) for p in ("unet-posterior", "noise", "timesteps", "dropout"))
-    scale = float(vae.config.scaling_factor)
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=LR_UNET, weight_decay=1e-2)
     unet.train()
     text_encoder.train()
     alphas = scheduler.alphas_cumprod.float()
-    ema = 0.0
-    for step in range(steps):
+    smoothed = last = float("nan")
+    for step, idx in enumerate(_batches(len(texts), batch_size, steps, _gen(seed, "unet-order"))):
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, LR_UNET)
-        texts, x = _batch(rng, batch_size)
-        drop = torch.rand(batch_size, generator=g_drop) < CAPTION_DROPOUT
-        texts = ["" if d else s for s, d in zip(texts, drop.tolist())]
-        with torch.no_grad():
-            z0 = vae.encode(x).latent_dist.sample(generator=g_post) * scale
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        hidden = text_encoder(ids).last_hidden_state
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=g_t)
+        drop = torch.rand(len(idx), generator=g_drop) < CAPTION_DROPOUT
+        ids = torch.where(drop[:, None], ids_empty, ids_all[idx])
+        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g_post)) * scale
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=g_t)
         eps = torch.randn(z0.shape, generator=g_noise)
         a = alphas[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        pred = unet(zt, t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred, eps)
+        hidden = text_encoder(ids).last_hidden_state
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=hidden).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema = float(loss) if step == 0 else 0.98 * ema + 0.02 * float(loss)
+        last = loss.item()
+        smoothed = last if step == 0 else 0.98 * smoothed + 0.02 * last
         if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {float(loss):.4f} (smoothed {ema:.4f})")
+            log(f"unet step {step}/{steps} loss {last:.4f} (smoothed {smoothed:.4f})")
     unet.eval()
     text_encoder.eval()
-    return {"unet_loss_last": float(loss), "unet_loss_smoothed": ema}
+    return {"unet_loss_last": last, "unet_loss_smoothed": smoothed}
 
 
 def pretrain(
@@ -165,11 +186,15 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pretrain the toy backbone into ``out_dir`` (the layout ``load_toy_bundle`` reads).
 
+    The VAE trains with batches of ``batch_size // 2``, the UNet with ``batch_size``, both on a
+    pool of min(POOL_IMAGES, what the steps consume) rendered pairs and their mirror images.
     Step counts fix the work, so the result is deterministic; ``budget_minutes`` only triggers a
     warning in the log when the measured pace would exceed it. Returns the report also written to
     ``out_dir/pretrain_report.json`` (steps, losses, seed, wall time, sha256 per weights file).
     """
     out = Path(out_dir)
+    batch_vae = max(1, batch_size // 2)
+    n_pool = min(POOL_IMAGES, max(steps_vae * batch_vae, steps_unet * batch_size, 1))
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(NUM_THREADS)
     torch.use_deterministic_algorithms(True)
@@ -177,16 +202,21 @@ def pretrain(
     try:
         unet, vae, text_encoder, tokenizer, scheduler = build_toy_components(seed)
         log(f"toy pretrain seed {seed}: unet {num_params(unet):,} vae {num_params(vae):,} "
-            f"text encoder {num_params(text_encoder):,} params")
-        vae_stats = _train_vae(vae, steps_vae, seed, log)
-        t_vae = time.time() - t0
-        if steps_vae and t_vae / steps_vae * (steps_vae + 2 * steps_unet) > budget_minutes * 60:
-            log(f"warning: at this pace pretraining will take longer than {budget_minutes} min")
-        inv_std, mean = _measure_scale(vae, seed)
-        vae.register_to_config(scaling_factor=round(inv_std, 5))
-        log(f"vae latents: mean {mean:.3f}, scaling_factor {vae.config.scaling_factor}")
+            f"text encoder {num_params(text_encoder):,} params; rendering {n_pool} images")
+        texts, images = _make_pool(n_pool, seed)
+        t_pool = time.time() - t0
+        vae_stats = _train_vae(vae, images, steps_vae, batch_vae, seed, log)
+        t_vae = time.time() - t0 - t_pool
         vae.requires_grad_(False)
-        unet_stats = _train_unet(unet, vae, text_encoder, tokenizer, scheduler, steps_unet, batch_size, seed, log)
+        lat_mean, lat_std = _encode_pool(vae, images)
+        del images
+        z = lat_mean + lat_std * torch.randn(lat_mean.shape, generator=_gen(seed, "scale"))
+        vae.register_to_config(scaling_factor=round(float(1.0 / z.std()), 5))
+        log(f"vae latents: mean {float(z.mean()):.3f}, scaling_factor {vae.config.scaling_factor}")
+        if steps_vae and t_pool + t_vae * (1 + 2.2 * steps_unet / steps_vae) > budget_minutes * 60:
+            log(f"warning: at this pace pretraining will take longer than {budget_minutes} min")
+        unet_stats = _train_unet(unet, text_encoder, tokenizer, scheduler, (texts, lat_mean, lat_std),
+                                 float(vae.config.scaling_factor), steps_unet, batch_size, seed, log)
         out.mkdir(parents=True, exist_ok=True)
         unet.save_pretrained(out / "unet", safe_serialization=True)
         vae.save_pretrained(out / "vae", safe_serialization=True)
@@ -200,20 +230,21 @@ def pretrain(
         "seed": seed,
         "steps_vae": steps_vae,
         "steps_unet": steps_unet,
-        "batch_size_vae": BATCH_VAE,
+        "batch_size_vae": batch_vae,
         "batch_size_unet": batch_size,
+        "pool_images": n_pool,
         "lr_vae": LR_VAE,
         "lr_unet": LR_UNET,
+        "kl_weight": KL_WEIGHT,
         "caption_dropout": CAPTION_DROPOUT,
         "defect_prob": DEFECT_PROB,
         "num_threads": NUM_THREADS,
         "torch_version": torch.__version__,
         "scaling_factor": float(vae.config.scaling_factor),
-        "latent_mean": mean,
         **vae_stats,
         **unet_stats,
         "params": {"unet": num_params(unet), "vae": num_params(vae), "text_encoder": num_params(text_encoder)},
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": {"render": round(t_pool, 1), "vae": round(t_vae, 1), "total": round(wall, 1)},
         "weights_sha256": {rel: hashlib.sha256((out / rel).read_bytes()).hexdigest() for rel in WEIGHT_FILES.values()},
     }
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -10,7 +10,7 @@ T2I-CompBench++ (arXiv 2307.06350):
 * ``texture``  texture binding:  "a striped circle and a solid orange triangle" (textures differ)
 * ``spatial``  2D relation:      "a red circle on the left of a blue square" (shapes differ)
 * ``numeracy`` counts:           "two green triangles", "one red square and two circles"
-  (1-3 objects in all, groups have different shapes)
+  (1-3 objects in all, 1-3 groups with different shapes)
 * ``complex``  attributes + relation: "a large striped red circle above a small blue square"
 
 Noun phrase word order is ``article [size] [texture] [color] shape``; the article is
@@ -32,6 +32,7 @@ boxes along the relation axis and ``|dx| >= |dy| + 3``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -187,15 +188,14 @@ def _phrase_words(req: ObjReq, plural: bool = False) -> list[str]:
 
 
 def noun_phrase(req: ObjReq) -> str:
-    """"a large striped red circle" (the singular noun phrase of one request)."""
+    """ "a large striped red circle" (the singular noun phrase of one request)."""
     words = _phrase_words(req)
     return " ".join([_article(words[0])] + words)
 
 
-def numeracy_groups(spec: PromptSpec) -> list[tuple[ObjReq, int]]:
-    """Consecutive equal requests merged: [(ObjReq, count), ...] in prompt order."""
+def _merge(objects: Sequence[ObjReq]) -> list[tuple[ObjReq, int]]:
     groups: list[tuple[ObjReq, int]] = []
-    for req in spec.objects:
+    for req in objects:
         if groups and groups[-1][0] == req:
             groups[-1] = (req, groups[-1][1] + 1)
         else:
@@ -203,14 +203,16 @@ def numeracy_groups(spec: PromptSpec) -> list[tuple[ObjReq, int]]:
     return groups
 
 
-def format_prompt(
-    family: str, objects: Sequence[ObjReq], relation: str | None = None
-) -> str:
+def numeracy_groups(spec: PromptSpec) -> list[tuple[ObjReq, int]]:
+    """Consecutive equal requests merged: [(ObjReq, count), ...] in prompt order."""
+    return _merge(spec.objects)
+
+
+def format_prompt(family: str, objects: Sequence[ObjReq], relation: str | None = None) -> str:
     """The canonical prompt text for a family, its objects and its relation."""
     if family == "numeracy":
-        groups = numeracy_groups(PromptSpec(family, "", tuple(objects), None, len(objects)))
         return " and ".join(
-            " ".join([NUMBERS[n - 1]] + _phrase_words(req, plural=n > 1)) for req, n in groups
+            " ".join([NUMBERS[n - 1]] + _phrase_words(req, plural=n > 1)) for req, n in _merge(objects)
         )
     if relation is not None:
         return f"{noun_phrase(objects[0])} {RELATION_TEXT[relation]} {noun_phrase(objects[1])}"
@@ -245,10 +247,6 @@ def _family_of(objects: Sequence[ObjReq], relation: str | None, numeric: bool) -
     if None not in textures and sizes == (None, None) and a.texture != b.texture:
         return "texture"
     return None
-
-
-def _merge(objects: Sequence[ObjReq]) -> list[tuple[ObjReq, int]]:
-    return numeracy_groups(PromptSpec("numeracy", "", tuple(objects), None, len(objects)))
 
 
 def make_spec(family: str, objects: Sequence[ObjReq], relation: str | None = None) -> PromptSpec:
@@ -345,7 +343,9 @@ def sample_prompt(rng: np.random.Generator, family: str | None = None) -> Prompt
         if family == "color":
             objs = [ObjReq(_pick(rng, SHAPES), color=_pick(rng, colors)) for _ in range(2)]
         elif family == "shape":
-            objs = [ObjReq(_pick(rng, SHAPES), _opt(rng, colors), None, str(s)) for s in rng.permutation(SIZES)]
+            objs = [
+                ObjReq(_pick(rng, SHAPES), _opt(rng, colors), None, str(s)) for s in rng.permutation(SIZES)
+            ]
         elif family == "texture":
             objs = [ObjReq(_pick(rng, SHAPES), _opt(rng, colors), str(t)) for t in rng.permutation(TEXTURES)]
         elif family == "spatial":
@@ -354,22 +354,21 @@ def sample_prompt(rng: np.random.Generator, family: str | None = None) -> Prompt
             relation = _pick(rng, RELATIONS)
         elif family == "complex":
             shapes = rng.choice(SHAPES, 2, replace=False)
-            objs = [
-                ObjReq(str(s), _pick(rng, colors), _opt(rng, TEXTURES), _opt(rng, SIZES)) for s in shapes
-            ]
+            objs = [ObjReq(str(s), _pick(rng, colors), _opt(rng, TEXTURES), _opt(rng, SIZES)) for s in shapes]
             relation = _pick(rng, RELATIONS)
         else:  # numeracy
-            counts = [[1], [2], [3], [1, 1], [1, 2], [2, 1]][rng.integers(6)]
+            counts = [[1], [2], [3], [1, 1], [1, 2], [2, 1], [1, 1, 1]][rng.integers(7)]
             shapes = rng.choice(SHAPES, len(counts), replace=False)
             objs = []
-            for s, n in zip(shapes, counts):
+            for s, n in zip(shapes, counts, strict=True):
                 objs += [ObjReq(str(s), _opt(rng, colors))] * n
         if _family_of(objs, relation, family == "numeracy") == family:
             return make_spec(family, objs, relation)
 
 
-def enumerate_prompts(family: str) -> list[PromptSpec]:
-    """Every prompt of a family, in a fixed order (complex has ~62k)."""
+@functools.cache
+def enumerate_prompts(family: str) -> tuple[PromptSpec, ...]:
+    """Every prompt of a family, in a fixed order (complex has ~69k); memoised."""
     colors: tuple[str | None, ...] = tuple(COLORS)
     opt_colors = (None,) + colors
     out: list[PromptSpec] = []
@@ -384,14 +383,14 @@ def enumerate_prompts(family: str) -> list[PromptSpec]:
     elif family in ("shape", "texture"):
         attr = SIZES if family == "shape" else TEXTURES
         key = "size" if family == "shape" else "texture"
-        per_obj = [
-            ObjReq(s, c, **{key: a}) for s, c, a in itertools.product(SHAPES, opt_colors, attr)
-        ]
+        per_obj = [ObjReq(s, c, **{key: a}) for s, c, a in itertools.product(SHAPES, opt_colors, attr)]
         for a, b in itertools.product(per_obj, repeat=2):
             add([a, b])
     elif family in ("spatial", "complex"):
-        extra = [(None, None)] if family == "spatial" else list(
-            itertools.product((None,) + TEXTURES, (None,) + SIZES)
+        extra = (
+            [(None, None)]
+            if family == "spatial"
+            else list(itertools.product((None,) + TEXTURES, (None,) + SIZES))
         )
         per_obj = [ObjReq(s, c, t, z) for s, c, (t, z) in itertools.product(SHAPES, colors, extra)]
         for a, b in itertools.product(per_obj, repeat=2):
@@ -405,14 +404,18 @@ def enumerate_prompts(family: str) -> list[PromptSpec]:
         for a, b in itertools.product(singles, repeat=2):
             for na, nb in ((1, 1), (1, 2), (2, 1)) if a.shape != b.shape else ():
                 add([a] * na + [b] * nb)
+        for a, b, c in itertools.product(singles, repeat=3):
+            if len({a.shape, b.shape, c.shape}) == 3:
+                add([a, b, c])
     else:
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    return out
+    return tuple(out)
 
 
 def canonical_key(spec: PromptSpec) -> tuple:
     """Equal for prompts that mean the same thing ("A and B" == "B and A",
     "A left of B" == "B right of A"); used to keep splits semantically disjoint."""
+
     def k(r: ObjReq) -> tuple:
         return (r.shape, r.color or "", r.texture or "", r.size or "")
 
@@ -427,10 +430,11 @@ def canonical_key(spec: PromptSpec) -> tuple:
 def prompt_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[str, list[PromptSpec]]:
     """Deterministic train/val/test prompt lists, disjoint by meaning (hence by text).
 
-    Each split is balanced over FAMILIES (quota ``n // 6``, remainder to the first
-    families); a family that runs out of distinct prompts passes its shortfall on to the
-    others. Test is filled first, then val, then train. Raises ValueError when the world
-    has too few prompts.
+    Each split is balanced over FAMILIES: families are served from the smallest pool of
+    distinct prompts up, each taking an equal share of what is still needed (capped by
+    its pool), so a family that runs short passes its shortfall evenly to the others.
+    Test is filled first, then val, then train. Raises ValueError when the world has too
+    few prompts.
     """
     rng = np.random.default_rng(seed)
     pools: dict[str, list[list[PromptSpec]]] = {}
@@ -442,16 +446,16 @@ def prompt_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[
         pools[fam] = [groups[i] for i in rng.permutation(len(groups))]
     out: dict[str, list[PromptSpec]] = {}
     for split, n in (("test", n_test), ("val", n_val), ("train", n_train)):
-        quota = {f: n // len(FAMILIES) + (i < n % len(FAMILIES)) for i, f in enumerate(FAMILIES)}
         chosen: list[PromptSpec] = []
-        deficit = 0
-        for fam in sorted(FAMILIES, key=lambda f: len(pools[f])):  # smallest pools first
-            take = min(quota[fam] + deficit, len(pools[fam]))
-            deficit += quota[fam] - take
+        left = n
+        order = sorted(FAMILIES, key=lambda f: len(pools[f]))  # smallest pools first
+        for j, fam in enumerate(order):
+            take = min(-(-left // (len(order) - j)), len(pools[fam]))  # ceil share
+            left -= take
             for group in pools[fam][:take]:
                 chosen.append(group[rng.integers(len(group))])
             pools[fam] = pools[fam][take:]
-        if deficit > 0:
+        if left > 0:
             raise ValueError(f"the toy world has too few distinct prompts for a {split} split of {n}")
         out[split] = sorted(chosen, key=lambda s: (FAMILIES.index(s.family), s.text))
     return {k: out[k] for k in ("train", "val", "test")}
@@ -560,13 +564,14 @@ def _realise(
         if centres is not None:
             return tuple(
                 Obj(s, c, t, z, float(r), float(x), float(y))
-                for (s, c, t, z), r, (x, y) in zip(attrs, radii, centres)
+                for (s, c, t, z), r, (x, y) in zip(attrs, radii, centres, strict=True)
             )
     return None
 
 
-def _realise_or_raise(reqs: Sequence[ObjReq], relation: str | None, rng: np.random.Generator,
-                      **kwargs) -> tuple[Obj, ...]:
+def _realise_or_raise(
+    reqs: Sequence[ObjReq], relation: str | None, rng: np.random.Generator, **kwargs
+) -> tuple[Obj, ...]:
     objs = _realise(reqs, relation, rng, **kwargs)
     if objs is None:
         raise RuntimeError(f"could not lay out {reqs} with relation {relation!r}")
@@ -605,7 +610,7 @@ def satisfies(scene: Scene, spec: PromptSpec) -> bool:
     if len(objs) != len(spec.objects):
         return False
     for perm in itertools.permutations(range(len(objs))):
-        if all(_obj_matches(objs[p], r) for p, r in zip(perm, spec.objects)):
+        if all(_obj_matches(objs[p], r) for p, r in zip(perm, spec.objects, strict=True)):
             if spec.relation is None:
                 return True
             a, b = objs[perm[0]], objs[perm[1]]
@@ -619,6 +624,7 @@ def satisfies(scene: Scene, spec: PromptSpec) -> bool:
 
 def _color_swaps(reqs: Sequence[ObjReq]) -> list[tuple[int, int]]:
     """Index pairs whose colour swap changes what is asked for."""
+
     def key(rs: Iterable[ObjReq]) -> list[str]:
         return sorted(repr(r) for r in rs)
 
@@ -664,7 +670,7 @@ def _alignment_corruption(
         i, j = pairs[rng.integers(len(pairs))]
         reqs[i], reqs[j] = replace(reqs[i], color=reqs[j].color), replace(reqs[j], color=reqs[i].color)
     elif kind in ("wrong_color", "wrong_texture", "wrong_size"):
-        field = kind[len("wrong_"):]
+        field = kind[len("wrong_") :]
         values = {"color": tuple(COLORS), "texture": TEXTURES, "size": SIZES}[field]
         cands = [i for i in idx if getattr(reqs[i], field) is not None]
         i = cands[rng.integers(len(cands))]
@@ -706,8 +712,9 @@ def corrupt(scene: Scene, spec: PromptSpec, rng: np.random.Generator, kind: str)
     if kind not in applicable_corruptions(spec):
         raise ValueError(f"corruption {kind!r} does not apply to {spec.text!r}")
     if kind == "speckle":
-        return replace(scene, noise=float(rng.uniform(*SPECKLE_STD_RANGE)),
-                       noise_seed=int(rng.integers(2**31)))
+        return replace(
+            scene, noise=float(rng.uniform(*SPECKLE_STD_RANGE)), noise_seed=int(rng.integers(2**31))
+        )
     if kind == "blur":
         return replace(scene, blur=float(rng.uniform(*BLUR_SIGMA_RANGE_PX)))
     if kind == "cut_off":
@@ -825,9 +832,7 @@ def render_batch(scenes: Sequence[Scene], chunk: int = 256) -> np.ndarray:
                 if len(s.objects) > slot:
                     o = s.objects[slot]
                     c = color_idx[o.color]
-                    col[i] = np.where(
-                        (dark_rows & (o.texture == "striped"))[:, None], dark[c], base[c]
-                    )
+                    col[i] = np.where((dark_rows & (o.texture == "striped"))[:, None], dark[c], base[c])
             img += cov[..., None] * (col[:, :, None, :] - bg)
             cover += cov
         for i, s in enumerate(part):

@@ -182,10 +182,10 @@ class LPO:
         bundle, cfg = self.ctx.bundle, self.cfg
         if len(batch) == 0:  # only under multi-process: this rank has no pair in this update
             self.opt.zero_grad(set_to_none=True)
-            _sync_grads_begin(self.ctx, 0)
+            n_global = _sync_grads_begin(self.ctx, 0)
             _sync_grads_end(self.ctx, self.params)
             self.opt.step()
-            return {"pairs": 0.0}
+            return {"pairs": 0.0, "pairs_global": float(n_global)}
         cond = self.cond.index(batch.prompt_idx)
         uncond = self.uncond1.repeat(len(batch))
         bundle.unet.train()
@@ -202,6 +202,7 @@ class LPO:
         (per.sum() / max(n_global, 1)).backward()
         _sync_grads_end(self.ctx, self.params)
         loss = per.mean()
+        self.pairs_global = n_global
         if cfg.official_grad_clip_noop or cfg.grad_clip_norm <= 0:
             gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
         else:
@@ -211,7 +212,8 @@ class LPO:
             r_w, r_l = (logp_w - ref_w).exp(), (logp_l - ref_l).exp()
         return {"loss": loss.item(), "implicit_acc": float((r_w > r_l).float().mean()),
                 "ratio_w": float(r_w.mean()), "ratio_l": float(r_l.mean()), "grad_norm": float(gnorm),
-                "pairs": float(len(batch)), "t_mean": float(batch.timesteps.float().mean())}
+                "pairs": float(len(batch)), "pairs_global": float(n_global),
+                "t_mean": float(batch.timesteps.float().mean())}
 
     def is_done(self, step: int) -> bool:
         if self.cfg.max_updates is not None and step >= self.cfg.max_updates:

@@ -1,0 +1,170 @@
+"""Step-level reward accuracy: shared-noise pairing, winner orientation, ties, records and plot.
+
+The bundle is the tiny SD1.5 UNet/text encoder with a transparent "VAE" (4x4 average pooling
+into latents, nearest up-sampling back), so a pixel scorer's ordering survives encode/decode
+and the tests can say exactly which accuracy is right.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lpo_bench import records, stats
+from lpo_bench import step_accuracy as sa
+from lpo_bench.errors import HarnessError
+from lpo_bench.pairs import encode_png
+from lpo_bench.rewards.base import ScorerProvenance
+from lpo_bench.testing import tiny_bundle
+
+TOY_PROMPTS = ["a red circle and a blue square", "two green triangles", "a small circle and a large red square",
+               "a red circle on the left of a blue square", "a striped circle and a solid orange triangle"]
+
+
+class PoolVAE(torch.nn.Module):
+    """Images [b,3,32,32] -> latents [b,4,8,8] (4x4 mean of RGB + a zero channel); decode up-samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(block_out_channels=(8, 8, 8), scaling_factor=1.0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def encode(self, x: torch.Tensor) -> SimpleNamespace:
+        z = F.avg_pool2d(x, 4)
+        z = torch.cat([z, torch.zeros_like(z[:, :1])], dim=1)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=z))
+
+    def decode(self, z: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
+        return (F.interpolate(z[:, :3], scale_factor=4, mode="nearest"),)
+
+
+class Brightness:
+    """A 'perfect' pixel scorer when winners are the brighter images."""
+
+    id = "brightness"
+    version = "1"
+    higher_is_better = True
+
+    def load(self, device: str = "cpu") -> ScorerProvenance:
+        return ScorerProvenance("brightness", "1", "test", "0")
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    return dataclasses.replace(tiny_bundle("sd15", resolution=32), vae=PoolVAE())
+
+
+def _images(n: int, lo: float, hi: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return lo + (hi - lo) * torch.rand(n, 3, 32, 32, generator=g)
+
+
+def test_perfect_pixel_scorer_and_shared_noise(bundle):
+    n = 4
+    bright, dark = _images(n, 0.6, 0.9, 1), _images(n, 0.1, 0.4, 2)
+    scorers = sa.pixel_scorers("brightness", Brightness(), {})
+    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, bright, dark, scorers, [1, 951], batch_size=4)
+    acc = pd.DataFrame(sa.accuracy_rows(rows, {})).set_index(["input_mode", "timestep"])["value"]
+    assert acc[("x0_pred_decoded", 1)] == 1.0
+    assert acc[("noisy_decoded", 1)] == 1.0
+    # Winner and loser share eps, so x_t,w - x_t,l = sqrt(abar)(z_w - z_l) > 0 everywhere even at t = 951:
+    # a brightness scorer stays perfect on decoded x_t. With independent noise it would not.
+    assert acc[("noisy_decoded", 951)] == 1.0
+    # Swapping the roles gives accuracy 0 (orientation is the caller's; nothing is symmetrised).
+    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, dark, bright, scorers[1:], [1])
+    assert sa.accuracy_rows(rows, {})[0]["value"] == 0.0
+
+
+def test_pair_noise_is_seeded_by_pair_and_timestep():
+    a = sa.pair_noise([0, 1], 5, (4, 8, 8))
+    assert torch.equal(a, sa.pair_noise([0, 1], 5, (4, 8, 8)))
+    assert torch.equal(a[1], sa.pair_noise([1], 5, (4, 8, 8))[0])  # independent of batch composition
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(a[0], sa.pair_noise([0], 6, (4, 8, 8))[0])
+
+
+def test_predict_x0_inverts_add_noise_for_the_true_eps(bundle):
+    z = torch.randn(2, 4, 8, 8)
+    t = torch.tensor([501, 501])
+    eps = torch.randn_like(z)
+    x_t = bundle.scheduler.add_noise(z, eps, t)
+    a = bundle.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose((x_t - (1 - a).sqrt() * eps) / a.sqrt(), z, atol=1e-5)  # the formula predict_x0 uses
+    x0 = sa.predict_x0(bundle, x_t, t, TOY_PROMPTS[:2])
+    assert x0.shape == z.shape and torch.isfinite(x0).all()
+
+
+def _write_pairs(path, images_0, images_1, labels, captions):
+    rows = [{"caption": c, "jpg_0": encode_png(a.permute(1, 2, 0).numpy()), "jpg_1": encode_png(b.permute(1, 2, 0).numpy()),
+             "label_0": float(lab)} for a, b, lab, c in zip(images_0, images_1, labels, captions)]
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path / "test.parquet")
+    return path
+
+
+def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatch):
+    from lpo_bench.methods.lpo.lrm import LatentRewardModel
+
+    monkeypatch.setattr(sa, "_load_bundle", lambda backbone, weights_dir, device: bundle)
+    lrm_dir = LatentRewardModel.from_bundle(bundle, guidance_scale=1.0).save(tmp_path / "lrm")
+    imgs = _images(5, 0.0, 1.0, 3)
+    # Row 2 is a tie (dropped); labels mix both orientations.
+    pairs = _write_pairs(tmp_path / "pairs", imgs, imgs.clone(), [1, 0, 0.5, 1, 0], TOY_PROMPTS)
+    grid = [999, 1]
+    run = sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, metrics=["toy-clip"], timesteps=grid,
+                               max_pairs=10, batch_size=4, log=lambda m: None)
+    df = records.read_measurements(run / "measurements.parquet")
+    assert len(df) == 3 * 2  # (lrm noisy_latent, toy-clip x0_pred_decoded, toy-clip noisy_decoded) x 2 timesteps
+    assert set(df["kind"]) == {"step_reward_acc"}
+    assert (df["value"] == 0.5).all() and (df["n"] == 4).all()  # ties count one half; the tie pair was dropped
+    assert set(zip(df["metric"], df["input_mode"])) == {
+        ("lrm", "noisy_latent"), ("toy-clip", "x0_pred_decoded"), ("toy-clip", "noisy_decoded")}
+    info = json.loads((run / "run.json").read_text())
+    assert info["timesteps"] == [1, 999] and info["num_train_timesteps"] == 1000
+    assert info["pairs"]["n_pairs"] == 4 and info["status"] == "done"
+    assert (run / "step_accuracy.png").stat().st_size > 0 and records.is_done(run)
+    per_pair = pd.read_parquet(run / "per_sample.parquet")
+    assert (per_pair["s_w"] == per_pair["s_l"]).all()
+    with pytest.raises(HarnessError, match="already exists"):
+        sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, metrics=["toy-clip"], timesteps=grid,
+                             max_pairs=10, log=lambda m: None)
+
+
+def test_accuracy_rows_and_table_hand_values():
+    per_pair = [
+        {"reward_model": "m", "input_mode": "noisy_latent", "timestep": t, "acc": a}
+        for t, accs in ((1, [1.0, 1.0, 0.5, 0.0]), (501, [0.0, 0.0, 0.5, 1.0])) for a in accs
+    ]
+    rows = sa.accuracy_rows(per_pair, {"m": {"metric_version": "3", "checkpoint": "ck", "sha256": "ab"}})
+    assert [r["value"] for r in rows] == [0.625, 0.375]
+    assert rows[0]["n"] == 4 and rows[0]["scorer_checkpoint"] == "ck" and rows[0]["timestep"] == 1
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == stats.mean_ci([1.0, 1.0, 0.5, 0.0])[1:]
+    df = pd.DataFrame([{**r, "run_id": "r1"} for r in rows])
+    table = sa.step_accuracy_table(df)
+    assert list(table.columns) == ["m (noisy_latent)"] and list(table.index) == [1, 501]
+    assert table.loc[501, "m (noisy_latent)"] == 0.375
+    assert sa.step_accuracy_table(df, with_ci=True).loc[1, "m (noisy_latent)"].startswith("0.625 [")
+    two = pd.concat([df, df.assign(run_id="r2")])
+    assert sorted(sa.step_accuracy_table(two).columns) == ["r1: m (noisy_latent)", "r2: m (noisy_latent)"]
+
+
+def test_bad_inputs_are_harness_errors(bundle, tmp_path):
+    with pytest.raises(HarnessError, match="nothing to measure"):
+        sa.step_accuracy_run(pairs_dir=tmp_path, backbone="toy", timesteps=[1])
+    with pytest.raises(HarnessError, match="outside"):
+        sa.score_pairs(bundle, ["x"], torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32), [], [1000])
+    assert np.array_equal(stats.pairwise_accuracy([1, 1], [1, 0]), [0.5, 1.0])
