@@ -21,6 +21,11 @@ app.add_typer(toy_app, name="toy")
 _SET_HELP = "Override a config key, repeatable: --set beta_lpo=500"
 
 
+def _allow_download(download: bool) -> None:
+    if download:
+        os.environ["LPO_BENCH_DOWNLOAD"] = "1"
+
+
 def _console():
     from rich.console import Console
 
@@ -63,10 +68,12 @@ def train(
     spm: Optional[Path] = typer.Option(None, "--spm", help="SPO: use this trained SPM instead of training one"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Local directory with backbone weights"),
+    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local directory with datasets/prompt files"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Train a method on a backbone (reward-model stage first, unless --lrm/--spm is given)."""
+    _allow_download(download)
     from lpo_bench import config as config_mod
     from lpo_bench import registry
 
@@ -101,10 +108,12 @@ def train_reward(
     overwrite: bool = typer.Option(False, "--overwrite"),
     resume: bool = typer.Option(False, "--resume"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir"),
+    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Train a step-level reward model (LRM for LPO, SPM for SPO) as its own run."""
+    _allow_download(download)
     from lpo_bench import config as config_mod
     from lpo_bench import registry
     from lpo_bench.reward_training import RewardOptions, train_reward_run
@@ -133,10 +142,12 @@ def eval_cmd(
     out_root: Optional[Path] = typer.Option(None, "--out-root"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir"),
+    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Generate images for a suite and score them; writes an eval run with per-sample scores and CIs."""
+    _allow_download(download)
     from lpo_bench import registry
 
     for s in suite:

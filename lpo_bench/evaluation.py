@@ -230,7 +230,7 @@ def evaluate_items(
                 if not idx:
                     continue
                 scores = lm.scorer.score(imgs[idx], [prompts[j] for j in idx])
-                for j, s in zip(idx, scores.tolist()):
+                for j, s in zip(idx, scores.tolist(), strict=True):
                     it, k = chunk[j]
                     per_sample.append(_sample_row(it, k, seeds[start + j], m, s))
             if log is not None:
@@ -262,7 +262,7 @@ def _sample_row(it: PromptItem, k: int, seed: int, metric: str, score: float) ->
 def _save_images(out_dir: Path, chunk: list[tuple[PromptItem, int]], u8: Any, ipp: int) -> None:
     from PIL import Image
 
-    for (it, k), arr in zip(chunk, u8):
+    for (it, k), arr in zip(chunk, u8, strict=True):
         Image.fromarray(arr).save(out_dir / it.category / "samples" / image_file_name(it.text, it.index * ipp + k))
 
 

@@ -7,11 +7,12 @@ enter a measured table. See the TOML header for the layout.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from lpo_bench.errors import HarnessError
 

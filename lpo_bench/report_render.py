@@ -141,7 +141,7 @@ def plot_cost(path: Path, labels: list[str], stacks: dict[str, list[float]], mix
         rm = phase == "RM_TRAIN"
         ax.bar(range(len(labels)), h, bottom=bottom, color=PHASE_COLORS.get(phase, "#999999"),
                label=phase + (" (amortised)" if rm else ""), hatch="//" if rm else None, edgecolor="white")
-        bottom = [b + v for b, v in zip(bottom, h)]
+        bottom = [b + v for b, v in zip(bottom, h, strict=True)]
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("GPU-hours (median over seeds per phase)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

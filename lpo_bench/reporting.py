@@ -40,8 +40,23 @@ from lpo_bench import __version__, records, stats
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import AMORTISED, COUNTED, Ledger
 from lpo_bench.report_render import (
-    MIXED, Figure, Section, Table, fmt, fmt_ci, fmt_range, fmt_speedup, fmt_ttt, jsonable, plot_cost, plot_curves,
-    plot_grid, plot_step_accuracy, render, slug, titled,
+    MIXED,
+    Figure,
+    Section,
+    Table,
+    fmt,
+    fmt_ci,
+    fmt_range,
+    fmt_speedup,
+    fmt_ttt,
+    jsonable,
+    plot_cost,
+    plot_curves,
+    plot_grid,
+    plot_step_accuracy,
+    render,
+    slug,
+    titled,
 )
 
 REFERENCE_METHOD = "lpo"
@@ -207,7 +222,7 @@ def run_cost(run: Run, notes: list[str]) -> RunCost:
     """Per-phase GPU-hours (ledger.jsonl replayed by :class:`Ledger`) and headline totals (train_cost rows)."""
     devices = int((run.info.get("ledger") or {}).get("devices") or 1)
     cost = run.rows("train_cost")
-    by_metric = {str(m): _num(v) for m, v in zip(cost["metric"], cost["value"])}
+    by_metric = {str(m): _num(v) for m, v in zip(cost["metric"], cost["value"], strict=True)}
     lp = run.path / "ledger.jsonl"
     if lp.exists():
         secs = Ledger(lp, devices=devices, write=False).totals_dict()  # replays rows, rewinds included
@@ -242,18 +257,16 @@ def cost_section(costs: list[RunCost], published: Any, mixed: bool) -> tuple[Sec
         "gpu_h_counted": c.counted, "gpu_h_rm": c.rm, "rm_source": c.rm_source, "gpu_h_total_incl_rm": c.total,
         "device": f"{c.run.device[0]} x{c.run.device[1]}",
     } for c in costs])
-    groups: dict[tuple[str, str], list[RunCost]] = {}
-    for c in costs:
-        groups.setdefault((c.run.backbone, str(c.run.info.get("method"))), []).append(c)
     summary: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, cs in sorted(groups.items()):
+    for key, cs in _by_method(costs).items():
         summary[key] = {
             "n_seeds": len(cs),
-            "updates": stats.median_range([c.updates for c in cs]),
-            **{p: stats.median_range([c.phases_gpu_h[p] for c in cs]) for p in (*COUNTED_PHASES, RM_PHASE)},
-            "counted": stats.median_range([c.counted for c in cs]),
-            "rm": stats.median_range([c.rm for c in cs]),
-            "total": stats.median_range([c.total for c in cs]),
+            "updates": _median_range([c.updates for c in cs]),
+            **{p: _median_range([c.phases_gpu_h[p] for c in cs]) for p in COUNTED_PHASES},
+            RM_PHASE: _median_range([c.rm for c in cs]),
+            "counted": _median_range([c.counted for c in cs]),
+            "rm": _median_range([c.rm for c in cs]),
+            "total": _median_range([c.total for c in cs]),
         }
     rows, show, headline = [], [], {}
     for (bb, method), s in summary.items():
@@ -278,9 +291,9 @@ def cost_section(costs: list[RunCost], published: Any, mixed: bool) -> tuple[Sec
         })
         headline.setdefault(bb, {})[method] = {
             "n_seeds": s["n_seeds"],
-            "gpu_h_counted": dict(zip(("median", "min", "max"), s["counted"])),
-            "gpu_h_rm": dict(zip(("median", "min", "max"), s["rm"])),
-            "gpu_h_total_incl_rm": dict(zip(("median", "min", "max"), s["total"])),
+            "gpu_h_counted": dict(zip(("median", "min", "max"), s["counted"], strict=True)),
+            "gpu_h_rm": dict(zip(("median", "min", "max"), s["rm"], strict=True)),
+            "gpu_h_total_incl_rm": dict(zip(("median", "min", "max"), s["total"], strict=True)),
             "gpu_h_by_phase_median": {p: s[p][0] for p in (*COUNTED_PHASES, RM_PHASE)},
             "lpo_speedup_excl_rm": sp_ex, "lpo_speedup_incl_rm": sp_in,
         }
@@ -299,15 +312,26 @@ def cost_section(costs: list[RunCost], published: Any, mixed: bool) -> tuple[Sec
     return sec, headline
 
 
-def _cost_figure(path: Path, costs: list[RunCost], mixed: bool) -> None:
-    """Stacked bars by phase: each segment is that phase's median over the seeds of a (backbone, method)."""
+def _by_method(costs: list[RunCost]) -> dict[tuple[str, str], list[RunCost]]:
+    """Train-run costs grouped by (backbone, method), sorted."""
     groups: dict[tuple[str, str], list[RunCost]] = {}
     for c in costs:
         groups.setdefault((c.run.backbone, str(c.run.info.get("method"))), []).append(c)
-    keys = sorted(groups)
-    stacks = {RM_PHASE: [stats.median_range([c.rm for c in groups[k]])[0] for k in keys]}
+    return dict(sorted(groups.items()))
+
+
+def _median_range(values: list[float]) -> tuple[float, float, float]:
+    """stats.median_range over seeds, but unknown (nan) when any seed's value is unknown."""
+    return (math.nan,) * 3 if any(math.isnan(v) for v in values) else stats.median_range(values)
+
+
+def _cost_figure(path: Path, costs: list[RunCost], mixed: bool) -> None:
+    """Stacked bars by phase: each segment is that phase's median over the seeds of a (backbone, method)."""
+    groups = _by_method(costs)
+    keys = list(groups)
+    stacks = {RM_PHASE: [_median_range([c.rm for c in groups[k]])[0] for k in keys]}
     for p in COUNTED_PHASES:
-        stacks[p] = [stats.median_range([c.phases_gpu_h[p] for c in groups[k]])[0] for k in keys]
+        stacks[p] = [_median_range([c.phases_gpu_h[p] for c in groups[k]])[0] for k in keys]
     labels = [f"{m}\n({bb}, {len(groups[(bb, m)])} seed{'s' * (len(groups[(bb, m)]) > 1)})" for bb, m in keys]
     plot_cost(path, labels, stacks, mixed)
 
@@ -365,14 +389,18 @@ def training_curves(train_runs: list[Run]) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
-def _pick_category(curves: Any, metric: str, suite: str, category: str | None) -> str:
+def _pick_category(curves: Any, metric: str, suite: str, category: str | None, *, strict: bool = True) -> str:
+    """The named category, else "all", else the only one (else the first one, unless ``strict``)."""
     cats = sorted(set(curves[(curves["metric"] == metric) & (curves["suite"] == suite)]["category"]))
-    if category is not None:
-        if category not in cats:
-            raise HarnessError(f"no training-time evaluation of {metric}@{suite} in category {category!r}; "
-                               f"recorded categories: {', '.join(cats) or 'none'}")
-        return category
-    return "all" if "all" in cats or len(cats) != 1 else cats[0]
+    if category is not None and category not in cats:
+        raise HarnessError(f"no training-time evaluation of {metric}@{suite} in category {category!r}; "
+                           f"recorded categories: {', '.join(cats) or 'none'}")
+    if category is not None or "all" in cats:
+        return category or "all"
+    if len(cats) > 1 and strict:
+        raise HarnessError(f"{metric}@{suite} was recorded per category ({', '.join(cats)}) without an overall "
+                           f"value; name one, e.g. --target {metric}@{suite}:{cats[0]}>=...")
+    return cats[0]
 
 
 def _primary_metric(suite: str, present: list[str]) -> str:
@@ -390,14 +418,14 @@ def resolve_targets(target: str | None, curves: Any) -> list[Target]:
         metric, suite, category, op, value = parse_target(target)
         have = curves[(curves["metric"] == metric) & (curves["suite"] == suite)]
         if not len(have):
-            known = sorted({f"{m}@{s}" for m, s in zip(curves["metric"], curves["suite"])})
+            known = sorted({f"{m}@{s}" for m, s in zip(curves["metric"], curves["suite"], strict=True)})
             raise HarnessError(f"no train run recorded {metric}@{suite} during training (--target); "
                                f"recorded: {', '.join(known) or 'none (train with --eval-suite)'}")
         return [Target(metric, suite, _pick_category(curves, metric, suite, category), op, value)]
     out = []
     for (bb, suite), g in curves.groupby(["backbone", "suite"], sort=True):
         metric = _primary_metric(suite, list(dict.fromkeys(g["metric"])))
-        cat = _pick_category(curves[curves["backbone"] == bb], metric, suite, None)
+        cat = _pick_category(curves[curves["backbone"] == bb], metric, suite, None, strict=False)
         g = g[(g["metric"] == metric) & (g["category"] == cat)]
         hib = bool(g["higher_is_better"].iloc[0])
         medians = {}
@@ -405,7 +433,7 @@ def resolve_targets(target: str | None, curves: Any) -> list[Target]:
             best = [(gr["value"].max() if hib else gr["value"].min()) for _, gr in gm.groupby("run_id")]
             medians[method] = stats.median_range(best)[0]
         weakest = (min if hib else max)(medians, key=medians.get)
-        how = (f"default: the median over seeds of each method's best value during training, lowest of these "
+        how = (f"default: the median over seeds of each method's best value during training, the worst of these "
                f"({weakest}: {medians[weakest]:.6g})")
         out.append(Target(metric, suite, cat, ">=" if hib else "<=", medians[weakest], bb, how))
     return out
@@ -558,7 +586,7 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
                       "images_per_prompt": first.get("images_per_prompt"),
                       "n_prompts": runs[0].info.get("n_prompts"), "inputs_sha256": inputs,
                       "metrics": ", ".join(sorted({f"{m} ({'?' if pd.isna(v) or v == '' else v})" for m, v in
-                                                  zip(ev.get("metric", []), ev.get("metric_version", []))})),
+                                                  zip(ev.get("metric", []), ev.get("metric_version", []), strict=True)})),
                       "runs": len(runs)})
         rows, show = [], []
         for r in runs:
@@ -604,7 +632,7 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
                       "difference of per-prompt means with a paired bootstrap CI over prompts. This is the "
                       "'did it improve' number: an improvement is credible when the CI excludes 0.")
             sec.blocks.append(t)
-        measured = {(str(m), str(c)) for m, c in zip(ev.get("metric", []), ev.get("category", []))}
+        measured = {(str(m), str(c)) for m, c in zip(ev.get("metric", []), ev.get("category", []), strict=True)}
         for pt in published.matching("quality", bb_id, suite):
             sec.blocks.append(published_table(pt, published, measured=measured))
         grid = image_grid(runs, out, tag, mixed, notes)
@@ -624,9 +652,9 @@ def published_table(pt: Any, published: Any, measured: set[tuple[str, str]] | No
         labels.append(c.label + mark)
     notes = {"note": [r.note for r in pt.rows]} if any(r.note for r in pt.rows) else {}
     df = pd.DataFrame([{"published row": r.label, "backbone": r.backbone,
-                        **{c.key: v for c, v in zip(pt.columns, r.values)}} for r in pt.rows]).assign(**notes)
+                        **{c.key: v for c, v in zip(pt.columns, r.values, strict=True)}} for r in pt.rows]).assign(**notes)
     show = pd.DataFrame([{"published row": r.label, "backbone": r.backbone,
-                          **{lab: fmt(v) for lab, v in zip(labels, r.values)}} for r in pt.rows]).assign(**notes)
+                          **{lab: fmt(v) for lab, v in zip(labels, r.values, strict=True)}} for r in pt.rows]).assign(**notes)
     note = f"{published.citation}. Units: {pt.units}. Protocol: {pt.protocol}. {pt.note}"
     if measured is not None and any(lab.endswith("†") for lab in labels):
         note += " †: no measured number with this metric and category here (a different metric id or not run)."
@@ -659,7 +687,7 @@ def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> Section | 
         return None
     df = pd.concat(frames, ignore_index=True).sort_values(["source", "reward_model", "input_mode", "timestep"])
     df["curve"] = [f"{m} [{mode or '?'}] ({src})" for m, mode, src in zip(df["reward_model"], df["input_mode"],
-                                                                          df["source"])]
+                                                                          df["source"], strict=True)]
     sec = Section("Step-level reward accuracy across timesteps")
     plot_step_accuracy(out / "fig_step_accuracy.png", df, mixed)
     show = df.pivot_table(index="timestep", columns="curve", values="value", aggfunc="first")
@@ -729,7 +757,7 @@ def image_grid(runs: list[Run], out: Path, tag: str, mixed: bool, notes: list[st
         notes.append(f"no image grid for {tag}: saved images could not be matched to prompts")
         return None
     name = f"grid_{slug(tag)}.png"
-    plot_grid(out / name, cells, [str(p.prompt) for p in chosen], [r.model()[1] for r in with_images],
+    plot_grid(out / name, cells, [str(p.prompt) for p in chosen], [r.model()[1].split(" (")[0] for r in with_images],
               f"Same prompts and seeds across models ({tag}, image 0)", mixed)
     return Figure(name, "Rows: prompts (image 0, the same seed for every model); columns: models.")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,19 +167,24 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
         write=is_main,
     )
     wall_start = ledger.now()  # the outer wall clock of this session starts with the ledger
-    with ledger.phase(Phase.SETUP):
-        prov = records.provenance()
-        seed_everything(opts.seed)
-        bundle = load_backbone(
-            opts.backbone, weights_dir=opts.weights_dir, device=str(accelerator.device) if accelerator else device
-        )
-        ctx = TrainContext(
-            bundle=bundle, cfg=cfg, seed=opts.seed, ledger=ledger, run_dir=run_dir, backbone=opts.backbone,
-            accelerator=accelerator, data_dir=Path(opts.data_dir) if opts.data_dir else None,
-            weights_dir=Path(opts.weights_dir) if opts.weights_dir else None, options=dict(opts.extra), log=log,
-        )
-        method = method_cls()
-        method.setup(ctx)
+    try:
+        with ledger.phase(Phase.SETUP):
+            prov = records.provenance()
+            seed_everything(opts.seed)
+            bundle = load_backbone(
+                opts.backbone, weights_dir=opts.weights_dir, device=str(accelerator.device) if accelerator else device
+            )
+            ctx = TrainContext(
+                bundle=bundle, cfg=cfg, seed=opts.seed, ledger=ledger, run_dir=run_dir, backbone=opts.backbone,
+                accelerator=accelerator, data_dir=Path(opts.data_dir) if opts.data_dir else None,
+                weights_dir=Path(opts.weights_dir) if opts.weights_dir else None, options=dict(opts.extra), log=log,
+            )
+            method = method_cls()
+            method.setup(ctx)
+    except HarnessError:
+        if is_main and not resuming and not ckpt_path.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was trained: leave no half-made run behind
+        raise
     step = 0
     if resuming:
         with ledger.phase(Phase.CHECKPOINT):

@@ -71,15 +71,17 @@ def encode_mean(bundle: Any, images: Any) -> Any:
         return bundle.vae.encode(x).latent_dist.mean * bundle.scaling_factor
 
 
-def predict_x0(bundle: Any, x_t: Any, t: Any, prompts: Sequence[str], guidance_scale: float = X0_GUIDANCE_SCALE) -> Any:
-    """x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) with ε̂ the CFG-guided base-UNet prediction (DDIM Eq. 9)."""
+def predict_x0(bundle: Any, x_t: Any, t: int, prompts: Sequence[str], guidance_scale: float = X0_GUIDANCE_SCALE) -> Any:
+    """x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) (``steps.predict_x0``) with ε̂ the CFG-guided base-UNet
+    prediction at the single timestep ``t`` for every row."""
     import torch
 
+    from lpo_bench import steps
+
     with torch.no_grad():
-        eps = bundle.guided_eps(x_t, t, bundle.encode_prompts(prompts), bundle.encode_negative(len(prompts)),
+        eps = bundle.guided_eps(x_t, int(t), bundle.encode_prompts(prompts), bundle.encode_negative(len(prompts)),
                                 guidance_scale)
-        a = bundle.scheduler.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
-        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        return steps.predict_x0(bundle.scheduler, x_t, eps, int(t))
 
 
 def pair_noise(pair_ids: Sequence[int], t: int, shape: Sequence[int]) -> Any:
@@ -131,7 +133,7 @@ def score_pairs(
                 if any(sc.needs == "xt_image" for sc in scorers):
                     views[side]["xt_image"] = _decode(bundle, x_t)
                 if any(sc.needs == "x0_image" for sc in scorers):
-                    views[side]["x0_image"] = _decode(bundle, predict_x0(bundle, x_t, t_vec, ps, guidance_scale))
+                    views[side]["x0_image"] = _decode(bundle, predict_x0(bundle, x_t, int(t), ps, guidance_scale))
             for sc in scorers:
                 out = {}
                 for side in ("w", "l"):
@@ -189,7 +191,7 @@ def step_accuracy_table(measurements: Any, *, with_ci: bool = False) -> Any:
     if df.duplicated(["column", "timestep"]).any():
         raise ValueError("several measurements share a (reward model, input mode, timestep); filter to one run each")
     if with_ci:
-        df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"])]
+        df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)]
     else:
         df["cell"] = df["value"].astype(float)
     order = list(dict.fromkeys(df["column"]))

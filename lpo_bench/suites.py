@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,6 +94,7 @@ class Suite:
     categories: tuple[str, ...]
     kind: Literal["toy", "real"]
     category_metrics: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # deviations from the reference protocol, shown in every run
 
     def metrics_for(self, category: str) -> tuple[str, ...]:
         """Metric ids that score images of ``category``."""
@@ -163,7 +164,7 @@ def balanced_subset(items: list[PromptItem], categories: tuple[str, ...], max_pr
 
 
 # ---------------------------------------------------------------------------- prompt sources
-@lru_cache(maxsize=None)
+@cache
 def _toy_split_specs() -> dict[str, tuple[tuple[str, str], ...]]:
     """(text, family) of the toy val/test prompts (world.prompt_splits with lpo_bench.prompts' seed and sizes)."""
     from lpo_bench.prompts import TOY_SPLIT_SEED, TOY_SPLIT_SIZES
@@ -298,6 +299,14 @@ COMPBENCH = Suite(
         ("non_spatial", ("clipscore",)),
         *((cat, (m,)) for cat, m in UNIDET_METRICS.items()),
     ),
+    notes=(
+        "blip-vqa is the transformers port of T2I-CompBench's BLIP-VQA (blip-vqa.hf-capfilt-large): close to, "
+        "not verified identical with, the official scorer",
+        "non_spatial uses clipscore = raw cosine of OpenAI CLIP ViT-L/14; T2I-CompBench uses ViT-B/32, so it is "
+        "not comparable with published Non-Spatial numbers",
+        "spatial, 3d_spatial and numeracy are scored only when T2I-CompBench's UniDet detector is configured "
+        "($LPO_BENCH_T2I_DETECTOR); complex (3-in-1) is left to the official 3_in_1.py; their images are saved",
+    ),
 )
 
 GENERAL = Suite(
@@ -311,6 +320,10 @@ GENERAL = Suite(
     metrics=("pickscore", "hpsv2.1", "imagereward", "aesthetic", "clipscore"),
     categories=("pickapic_v1", "hpdv2"),
     kind="real",
+    notes=(
+        "one image per prompt (the official LPO script effectively scores one); each image has its own seed "
+        "sample_seed(42, prompt_id, k), where the LPO script reuses seed 42 per batch",
+    ),
 )
 
 

@@ -86,6 +86,7 @@ def resolve_snapshot(
     except Exception:  # absent from the cache: fall through to the opt-in download
         pass
     if download_allowed(allow_download):
+        _check_hub_reachable(repo_id, revision)
         try:
             from huggingface_hub import snapshot_download
 
@@ -104,6 +105,27 @@ def resolve_snapshot(
         f"Hugging Face cache (HF_HOME), or allow a download with --download (LPO_BENCH_DOWNLOAD=1) "
         f"on a machine with network access. {how_to}"
     )
+
+
+def _check_hub_reachable(repo_id: str, revision: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds when the hub cannot be reached, instead of waiting through client retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub.constants import ENDPOINT
+    except Exception:  # pragma: no cover
+        ENDPOINT = "https://huggingface.co"
+    url = urlparse(ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot download {repo_id}@{revision}: the hub at {host} is unreachable ({exc.strerror or exc}); "
+            f"copy the weights here and pass --weights-dir DIR or set HF_HOME to a cache that has them"
+        ) from None
 
 
 def _patterns(required: tuple[str, ...]) -> list[str]:

@@ -270,7 +270,7 @@ def test_eval_run_loads_a_lora(toy_env, tmp_path):
     assert json.loads((lora_run / "run.json").read_text())["model_spec"]["lora_sha256"]
     imgs = [sorted((r / "images").rglob("*.png")) for r in (lora_run, base_run)]
     assert [p.name for p in imgs[0]] == [p.name for p in imgs[1]]
-    assert any(not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(*imgs))
+    assert any(not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(*imgs, strict=True))
 
 
 def test_resolve_model_errors(tmp_path):

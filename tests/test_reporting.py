@@ -107,7 +107,7 @@ def make_step_accuracy(root):
     rows = [{"kind": "step_reward_acc", "metric": m, "timestep": t, "input_mode": mode, "value": v, "ci_low": v - 0.05,
              "ci_high": v + 0.05, "n": 256}
             for m, mode, vals in (("lrm", "noisy_latent", (0.8, 0.7, 0.6)), ("toy-oracle", "x0_pred_decoded", (0.9, 0.6, 0.5)))
-            for t, v in zip((1, 501, 951), vals)]
+            for t, v in zip((1, 501, 951), vals, strict=True)]
     records.write_measurements(d, rows, {"run_id": "sa-toy", **_prov()})
     records.mark_done(d)
 
@@ -272,7 +272,7 @@ def test_published_data_is_consistent():
     assert {"tab2", "tab3", "tab5", "tab6"} <= set(tabs)
     for r in tabs["tab6"].rows:  # RM + PO = total, as printed
         assert r.values[0] + r.values[1] == pytest.approx(r.values[2])
-    spm, lrm = zip(*(r.values for r in tabs["tab5"].rows))
+    spm, lrm = zip(*(r.values for r in tabs["tab5"].rows), strict=True)
     assert sum(spm[:-1]) == pytest.approx(spm[-1]) and sum(lrm[:-1]) == pytest.approx(lrm[-1])
     m = pub.matching("quality", SD15, "general")
     assert [t.id for t in m] == ["tab2"] and all(r.backbone == "sd15" for r in m[0].rows)
@@ -292,3 +292,27 @@ def test_target_parsing_and_bad_inputs(tmp_path):
     make_train(tmp_path, "lpo", 0, LPO_PHASES[0], LPO_CURVES[0])
     with pytest.raises(HarnessError, match="recorded: toy-oracle@toy-general"):
         reporting.compare([tmp_path], tmp_path / "r", target="pickscore@general>=20")
+
+
+def test_reward_model_trained_in_a_separate_run_is_charged_to_the_total(tmp_path):
+    rd = tmp_path / "reward" / "lrm-toy-fixture-s0"
+    rd.mkdir(parents=True)
+    records.atomic_write_json(rd / "run.json", {"run_id": "lrm-toy-fixture-s0", "kind": "reward", "backbone": "toy",
+                                                "provenance": _prov(), "ledger": {"gpu_h_rm": 2.0}})
+    rows = [{"kind": "train_cost", "metric": "gpu_h_rm", "value": 2.0},
+            {"kind": "rm_val_acc", "metric": "lrm_pair_acc", "timestep": 1, "input_mode": "noisy_latent",
+             "value": 0.7, "ci_low": 0.6, "ci_high": 0.8, "n": 64}]
+    records.write_measurements(rd, rows, {"run_id": "lrm-toy-fixture-s0", **_prov()})
+    records.mark_done(rd)
+    counted_only = {p: s for p, s in LPO_PHASES[0].items() if p != "RM_TRAIN"}
+    make_train(tmp_path, "lpo", 0, counted_only, extra={"lrm": str(rd / "model")})
+    make_train(tmp_path, "lpo", 1, counted_only, extra={"lrm": str(tmp_path / "elsewhere")})
+    out = tmp_path / "rep"
+    reporting.compare([tmp_path / "train"], out)
+    by_run = pd.read_csv(out / "cost_by_run.csv").set_index("seed")
+    assert by_run.loc[0, "gpu_h_rm"] == pytest.approx(2.0) and by_run.loc[0, "rm_source"].startswith("reward run")
+    assert by_run.loc[0, "gpu_h_total_incl_rm"] == pytest.approx(3.8)
+    assert math.isnan(by_run.loc[1, "gpu_h_rm"])
+    cost = pd.read_csv(out / "cost.csv")
+    assert math.isnan(cost.loc[0, "gpu_h_total_incl_rm_median"])  # one seed's RM cost is unknown
+    assert "training cost is unknown" in (out / "report.md").read_text()

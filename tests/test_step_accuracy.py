@@ -99,18 +99,17 @@ def test_pair_noise_is_seeded_by_pair_and_timestep():
 
 def test_predict_x0_inverts_add_noise_for_the_true_eps(bundle):
     z = torch.randn(2, 4, 8, 8)
-    t = torch.tensor([501, 501])
     eps = torch.randn_like(z)
-    x_t = bundle.scheduler.add_noise(z, eps, t)
-    a = bundle.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    assert torch.allclose((x_t - (1 - a).sqrt() * eps) / a.sqrt(), z, atol=1e-5)  # the formula predict_x0 uses
-    x0 = sa.predict_x0(bundle, x_t, t, TOY_PROMPTS[:2])
-    assert x0.shape == z.shape and torch.isfinite(x0).all()
+    x_t = bundle.scheduler.add_noise(z, eps, torch.tensor([501, 501]))
+    oracle = dataclasses.replace(bundle)
+    oracle.guided_eps = lambda *args, **kwargs: eps  # a denoiser that knows the true noise
+    assert torch.allclose(sa.predict_x0(oracle, x_t, 501, TOY_PROMPTS[:2]), z, atol=1e-4)
+    assert sa.predict_x0(bundle, x_t, 501, TOY_PROMPTS[:2]).shape == z.shape
 
 
 def _write_pairs(path, images_0, images_1, labels, captions):
     rows = [{"caption": c, "jpg_0": encode_png(a.permute(1, 2, 0).numpy()), "jpg_1": encode_png(b.permute(1, 2, 0).numpy()),
-             "label_0": float(lab)} for a, b, lab, c in zip(images_0, images_1, labels, captions)]
+             "label_0": float(lab)} for a, b, lab, c in zip(images_0, images_1, labels, captions, strict=True)]
     path.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path / "test.parquet")
     return path
@@ -120,19 +119,23 @@ def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatc
     from lpo_bench.methods.lpo.lrm import LatentRewardModel
 
     monkeypatch.setattr(sa, "_load_bundle", lambda backbone, weights_dir, device: bundle)
+    from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel
+
     lrm_dir = LatentRewardModel.from_bundle(bundle, guidance_scale=1.0).save(tmp_path / "lrm")
+    spm_dir = StepAwarePreferenceModel.tiny(bundle.tokenizers[0], hidden=32, layers=1).save(tmp_path / "spm")
     imgs = _images(5, 0.0, 1.0, 3)
     # Row 2 is a tie (dropped); labels mix both orientations.
     pairs = _write_pairs(tmp_path / "pairs", imgs, imgs.clone(), [1, 0, 0.5, 1, 0], TOY_PROMPTS)
     grid = [999, 1]
-    run = sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, metrics=["toy-clip"], timesteps=grid,
-                               max_pairs=10, batch_size=4, log=lambda m: None)
+    run = sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, spm=spm_dir, metrics=["toy-clip"],
+                               timesteps=grid, max_pairs=10, batch_size=4, log=lambda m: None)
     df = records.read_measurements(run / "measurements.parquet")
-    assert len(df) == 3 * 2  # (lrm noisy_latent, toy-clip x0_pred_decoded, toy-clip noisy_decoded) x 2 timesteps
+    assert len(df) == 4 * 2  # 4 (reward model, input mode) views x 2 timesteps
     assert set(df["kind"]) == {"step_reward_acc"}
     assert (df["value"] == 0.5).all() and (df["n"] == 4).all()  # ties count one half; the tie pair was dropped
-    assert set(zip(df["metric"], df["input_mode"])) == {
-        ("lrm", "noisy_latent"), ("toy-clip", "x0_pred_decoded"), ("toy-clip", "noisy_decoded")}
+    assert set(zip(df["metric"], df["input_mode"], strict=True)) == {
+        ("lrm", "noisy_latent"), ("spm", "x0_pred_decoded"), ("toy-clip", "x0_pred_decoded"),
+        ("toy-clip", "noisy_decoded")}
     info = json.loads((run / "run.json").read_text())
     assert info["timesteps"] == [1, 999] and info["num_train_timesteps"] == 1000
     assert info["pairs"]["n_pairs"] == 4 and info["status"] == "done"
@@ -140,8 +143,8 @@ def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatc
     per_pair = pd.read_parquet(run / "per_sample.parquet")
     assert (per_pair["s_w"] == per_pair["s_l"]).all()
     with pytest.raises(HarnessError, match="already exists"):
-        sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, metrics=["toy-clip"], timesteps=grid,
-                             max_pairs=10, log=lambda m: None)
+        sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, spm=spm_dir, metrics=["toy-clip"],
+                             timesteps=grid, max_pairs=10, log=lambda m: None)
 
 
 def test_accuracy_rows_and_table_hand_values():
