@@ -26,7 +26,7 @@ QUICK_SET = {
             "train_batch_pairs=4", "threshold_min=0", "threshold_max=0"],
     "spo": ["num_inference_steps=4", "prompts_per_round=2", "num_train_prompts=4", "epochs=1", "max_updates=2",
             "train_batch_pairs=4", "threshold_spo=0"],
-    "diffusion-dpo": ["max_updates=2", "batch_pairs=4"],
+    "diffusion-dpo": ["max_updates=2", "pairs_per_update=4", "micro_batch_pairs=4"],
 }
 _RM = {"lpo": "lrm", "spo": "spm"}
 QUICK_RM_SET = {"lrm": {"max_updates": 2, "batch_pairs": 4, "max_val_pairs": 8, "warmup_updates": 1},

@@ -69,6 +69,7 @@ class Ledger:
         self.totals: dict[Phase, float] = {p: 0.0 for p in Phase}
         self.lost_s = 0.0
         self.session_s = 0.0  # seconds flushed by this process (the identity is checked per session)
+        self.paused_s = 0.0  # the ledger's own row writes: clock paused, reported as paused time
         self.counts: dict[str, float] = {}
         self._stack: list[Phase] = []
         self._pending: dict[Phase, float] = {}
@@ -138,7 +139,9 @@ class Ledger:
         row = {**row, "seconds": seconds, "wall_s": sum(seconds.values())}
         if self.counts:
             row["counts"], self.counts = dict(self.counts), {}
+        t0 = self.clock()
         self._append(row)
+        self.paused_s += self.clock() - t0
 
     def _append(self, row: dict[str, Any]) -> None:
         if self.path is None or not self.write:
@@ -150,8 +153,7 @@ class Ledger:
                 if fh.read(1) != b"\n":
                     fh.write(b"\n")
             fh.write((json.dumps(row, sort_keys=True) + "\n").encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+            fh.flush()  # survives a killed process; no fsync: it would cost more than the step it records
 
     def _reload(self) -> None:
         """Continue totals from an existing ledger (resume). A torn last line is ignored."""
@@ -197,6 +199,7 @@ class Ledger:
             "gpu_h_total_incl_rm": self.gpu_h(COUNTED + AMORTISED),
             "devices": self.devices,
             "lost_s": self.lost_s,
+            "paused_s": self.paused_s,
         }
 
 

@@ -663,7 +663,7 @@ def published_table(pt: Any, published: Any, measured: set[tuple[str, str]] | No
 
 
 # ---------------------------------------------------------------------------- step accuracy
-def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> Section | None:
+def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> tuple[Section | None, list[dict[str, Any]]]:
     import pandas as pd
 
     frames = []
@@ -684,7 +684,7 @@ def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> Section | 
                 "source": who if kind == "step_reward_acc" else f"{who}, RM validation",
             }))
     if not frames:
-        return None
+        return None, []
     df = pd.concat(frames, ignore_index=True).sort_values(["source", "reward_model", "input_mode", "timestep"])
     df["curve"] = [f"{m} [{mode or '?'}] ({src})" for m, mode, src in zip(df["reward_model"], df["input_mode"],
                                                                           df["source"], strict=True)]
@@ -701,7 +701,7 @@ def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> Section | 
               note="0.5 is chance. A pair is correct when the preferred image scores higher at the same noise "
                    "(ties count one half). 'RM validation' rows come from the reward model's own validation split.")
     sec.blocks += [t, Figure("fig_step_accuracy.png", "Accuracy against timestep t with 95% CI bands; dotted: chance.")]
-    return sec
+    return sec, df.drop(columns=["curve"]).to_dict("records")
 
 
 # ---------------------------------------------------------------------------- image grid
@@ -742,7 +742,8 @@ def image_grid(runs: list[Run], out: Path, tag: str, mixed: bool, notes: list[st
         notes.append(f"no image grid for {tag}: fewer than two of its eval runs saved images")
         return None
     ps = _per_sample(with_images[0])
-    if ps is None:
+    if ps is None or not {"prompt_id", "prompt", "category", "image_idx"} <= set(ps.columns):
+        notes.append(f"no image grid for {tag}: per_sample.parquet lacks prompt texts to find the images by")
         return None
     firsts = ps[ps["image_idx"] == 0].drop_duplicates("prompt_id")
     by_cat = {c: list(g.itertuples()) for c, g in firsts.groupby("category", sort=False)}
@@ -849,7 +850,7 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     if by_kind["eval"]:
         sec, headline["quality_vs_base"] = quality_section(by_kind["eval"], published, mixed, out, notes)
         sections.append(sec)
-    step_sec = step_accuracy_section(by_kind["step_accuracy"] + by_kind["train"] + by_kind["reward"], mixed, out)
+    step_sec, headline["step_accuracy"] = step_accuracy_section(by_kind["step_accuracy"] + by_kind["train"] + by_kind["reward"], mixed, out)
     if step_sec is not None:
         sections.append(step_sec)
 

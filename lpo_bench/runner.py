@@ -194,22 +194,22 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
             step = int(state["step"])
             ledger.rewind(state["ledger_totals"])
         log(f"resumed {run_id} at update {step}")
-    run_info = {
-        "run_id": run_id,
-        "kind": "train",
-        "method": opts.method,
-        "method_version": getattr(method_cls, "version", "1"),
-        "backbone": opts.backbone,
-        "backbone_provenance": bundle.provenance,
-        "seed": opts.seed,
-        "config": config_dict(cfg),
-        "config_hash": chash,
-        "options": {k: v for k, v in opts.__dict__.items() if k not in ("overrides",)},
-        "overrides": opts.overrides,
-        "provenance": prov,
-        "status": "running",
-    }
-    with ledger.phase(Phase.CHECKPOINT):  # record writes: off the headline clock, but inside the identity
+    with ledger.phase(Phase.CHECKPOINT):  # record keeping is off the headline clock but on the ledger
+        run_info = {
+            "run_id": run_id,
+            "kind": "train",
+            "method": opts.method,
+            "method_version": getattr(method_cls, "version", "1"),
+            "backbone": opts.backbone,
+            "backbone_provenance": bundle.provenance,
+            "seed": opts.seed,
+            "config": config_dict(cfg),
+            "config_hash": chash,
+            "options": {k: v for k, v in opts.__dict__.items() if k not in ("overrides",)},
+            "overrides": opts.overrides,
+            "provenance": prov,
+            "status": "running",
+        }
         if is_main:
             records.atomic_write_json(run_dir / "run.json", run_info)
         base = _measurement_base(run_info, bundle)
@@ -254,10 +254,10 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
             _eval(ctx, method, opts, run_dir, base, step, ledger, is_main)
     if not is_main:
         return run_dir
-    # Identity per session: a resumed run's earlier sessions were checked when they ran. Nothing in
-    # the runner pauses the clock outside a phase, so paused time is zero within a session.
+    # Identity per session: a resumed run's earlier sessions were checked when they ran. Paused time is
+    # the ledger's own row writes; everything else the runner does happens inside a phase.
     wall_s = ledger.now() - wall_start
-    residual = check_identity(ledger.session_s, 0.0, wall_s)
+    residual = check_identity(ledger.session_s, ledger.paused_s, wall_s)
     summary = ledger.summary()
     cost_rows = [
         {"kind": "train_cost", "metric": "gpu_h_counted", "value": summary["gpu_h_counted"]},

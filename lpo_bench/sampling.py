@@ -30,6 +30,31 @@ def purpose_generator(seed: int, purpose: str, *extra: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
 
 
+def purpose_seed(seed: int, purpose: str) -> int:
+    h = hashlib.sha256(f"{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class seeded_init:  # noqa: N801 - used as a context manager
+    """Run weight initialisation under a purpose-specific seed without touching the global RNG stream.
+
+    Whatever ran before (a reward-model stage, a resumed session that skipped it) cannot change the
+    initial weights: deterministic by construction.
+    """
+
+    def __init__(self, seed: int, purpose: str) -> None:
+        self.seed = purpose_seed(seed, purpose)
+        self._fork: Any = None
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=[])
+        self._fork.__enter__()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fork.__exit__(*exc)
+
+
 @torch.inference_mode()
 def generate_latents(
     bundle: ModelBundle,

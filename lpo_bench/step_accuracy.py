@@ -191,7 +191,8 @@ def step_accuracy_table(measurements: Any, *, with_ci: bool = False) -> Any:
     if df.duplicated(["column", "timestep"]).any():
         raise ValueError("several measurements share a (reward model, input mode, timestep); filter to one run each")
     if with_ci:
-        df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(df["value"], df["ci_low"], df["ci_high"], strict=True)]
+        cis = zip(df["value"], df["ci_low"], df["ci_high"], strict=True)
+        df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in cis]
     else:
         df["cell"] = df["value"].astype(float)
     order = list(dict.fromkeys(df["column"]))

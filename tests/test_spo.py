@@ -14,7 +14,7 @@ FAST_SPM = {"base": "tiny-clip", "tiny_layers": 1, "tiny_hidden": 32, "max_updat
             "batch_pairs": 4, "micro_batch_pairs": 2, "warmup_updates": 1, "max_val_pairs": 4, "lr": 1e-3}
 # 5 steps: t = 801 (plain sampling, > 751), then 601, 401, 201, 1 are branched and trained
 FAST_SPO = {"num_inference_steps": 5, "prompts_per_round": 2, "train_batch_pairs": 2, "micro_batch_pairs": 1,
-            "num_train_prompts": 4, "epochs": 1, "max_updates": 2, "pair_threshold": 0.0, "lora_rank": 2,
+            "num_train_prompts": 4, "epochs": 1, "max_updates": 2, "threshold_spo": 0.0, "lora_rank": 2,
             "num_candidates": 2, "lr": 1e-3}
 
 

@@ -13,6 +13,7 @@ Saved layout (``save``/``load``, strict)::
     <dir>/lrm_config.json           {"backbone", "visual_dim", "text_dim", "guidance_scale", ...}
     <dir>/unet/                      diffusers UNet2DConditionModel (save_pretrained)
     <dir>/text_encoder/ [text_encoder_2/]  transformers CLIPTextModel(WithProjection)
+    <dir>/tokenizer/ [tokenizer_2/]        their CLIPTokenizers
     <dir>/heads.safetensors          visual_projection.weight, [text_projection.weight], logit_scale
 """
 
@@ -142,6 +143,8 @@ class LatentRewardModel(nn.Module):
         self.unet.save_pretrained(out / "unet")
         for i, enc in enumerate(self.text_encoders):
             enc.save_pretrained(out / ("text_encoder" if i == 0 else f"text_encoder_{i + 1}"))
+        for i, tok in enumerate(self.tokenizers):  # the LRM's encoders go with their own tokenizers
+            tok.save_pretrained(out / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}"))
         heads = {"visual_projection.weight": self.visual_projection.weight.detach().contiguous(),
                  "logit_scale": self.logit_scale.detach().reshape(1).contiguous()}
         if self.text_projection is not None:
@@ -155,10 +158,10 @@ class LatentRewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, bundle: ModelBundle, device: str | torch.device = "cpu") -> LatentRewardModel:
-        """Load a saved LRM strictly; tokenizers come from the bundle (same vocabulary)."""
+        """Load a saved LRM strictly (its own tokenizers when saved, else the bundle's: same CLIP vocabulary)."""
         from diffusers import UNet2DConditionModel
         from safetensors.torch import load_file
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         path = Path(path)
         if not (path / "lrm_config.json").exists():
@@ -173,7 +176,12 @@ class LatentRewardModel(nn.Module):
             encs = [CLIPTextModel.from_pretrained(path / "text_encoder")]
             if cfg["text_kind"] == "sdxl":
                 encs.append(CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2"))
-            model = cls(unet, encs, bundle.tokenizers, text_kind=cfg["text_kind"], resolution=cfg["resolution"],
+            toks = list(bundle.tokenizers)
+            for i in range(len(toks)):
+                d = path / ("tokenizer" if i == 0 else f"tokenizer_{i + 1}")
+                if d.is_dir():
+                    toks[i] = CLIPTokenizer.from_pretrained(d)
+            model = cls(unet, encs, toks, text_kind=cfg["text_kind"], resolution=cfg["resolution"],
                         guidance_scale=cfg["guidance_scale"], multi_scale=cfg["multi_scale"],
                         force_zeros_for_empty_prompt=cfg["force_zeros_for_empty_prompt"])
             heads = load_file(str(path / "heads.safetensors"))

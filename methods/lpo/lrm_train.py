@@ -22,7 +22,7 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.methods.lpo.mpcf import mpcf_keep
 from lpo_bench.pairs import GAP_COLUMNS, PairSet, load_pairs
-from lpo_bench.sampling import purpose_generator
+from lpo_bench.sampling import purpose_generator, seeded_init
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ class LRMTrainer:
         self.train = train
         ctx.log(f"[lrm] {len(train)} training pairs after MPCF strategy {self.cfg.mpcf_strategy} "
                 f"(from {self.kept_before}); {len(self.val)} validation pairs")
-        self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=self.cfg.guidance_scale_vfe,
-                                                   multi_scale=self.cfg.multi_scale).to(bundle.device)
+        with seeded_init(ctx.seed, "lrm-init"):
+            self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=self.cfg.guidance_scale_vfe,
+                                                       multi_scale=self.cfg.multi_scale).to(bundle.device)
         if not self.cfg.train_text_encoder:
             for e in self.model.text_encoders:
                 e.requires_grad_(False)
@@ -159,7 +160,7 @@ class LRMTrainer:
             lab = self.label[idx].to(dev)
             acc = ((s0 > s1).float() * (lab == 1) + (s0 < s1).float() * (lab == 0)).sum() / (lab != 0.5).sum().clamp(min=1)
         return {"loss": loss.item(), "acc": acc.item(), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
-                "logit_scale": float(self.model.logit_scale.exp())}
+                "logit_scale": self.model.logit_scale.exp().item()}
 
     def is_done(self, step: int) -> bool:
         return step >= self.cfg.max_updates

@@ -28,7 +28,7 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.prompts import training_prompts
-from lpo_bench.sampling import purpose_generator
+from lpo_bench.sampling import purpose_generator, seeded_init
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ class LPO:
                 self.uncond1 = bundle.encode_negative(1)
                 self.lrm_text = _lrm_text_chunks(self.lrm, self.prompts)
                 self.lrm_uncond1 = self.lrm.negative_embeds(1)
-        self.params = lora.add_lora(bundle.unet, rank=self.cfg.lora_rank, alpha=self.cfg.lora_rank)
+        with seeded_init(ctx.seed, "lpo-lora-init"):
+            self.params = lora.add_lora(bundle.unet, rank=self.cfg.lora_rank, alpha=self.cfg.lora_rank)
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                      betas=(0.9, 0.999), eps=1e-8)
         self.settings = steppo.RoundSettings(
