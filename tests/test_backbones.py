@@ -227,6 +227,7 @@ def test_opt_in_download_fetches_only_the_needed_files(sd15_dir, empty_hf_cache,
         return str(sd15_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("lpo_bench.weights._check_hub_reachable", lambda *a, **k: None)  # the fake hub is "up"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     b = load_sd15(allow_download=True)
     assert b.provenance["backbone_revision"] == BACKBONE_SPECS["sd15"].revision
@@ -310,3 +311,16 @@ def test_specs_are_pinned_to_commits():
             if rev is not None:
                 assert len(rev) == 40 and int(rev, 16) >= 0
     assert backbones.BACKBONE_SPECS["sdxl"].vae_id == "madebyollin/sdxl-vae-fp16-fix"
+
+
+def test_unreachable_hub_fails_fast_with_one_error(empty_hf_cache, monkeypatch):
+    """An opted-in download against an unreachable hub is one HarnessError, not minutes of retries."""
+    import socket
+
+    def refuse(*a, **k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(HarnessError, match="unreachable.*--weights-dir"):
+        load_sd15(allow_download=True)
