@@ -97,4 +97,5 @@ def load_published(path: Path = PUBLISHED_PATH) -> Published:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise HarnessError(f"cannot read published numbers {path}: {exc}; reinstall lpo-bench") from None
     src = raw["source"]
-    return Published(int(raw["version"]), src["citation"], dict(src), tuple(_table(t, Path(path)) for t in raw["table"]))
+    tables = tuple(_table(t, Path(path)) for t in raw["table"])
+    return Published(int(raw["version"]), src["citation"], dict(src), tables)

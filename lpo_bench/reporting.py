@@ -446,7 +446,8 @@ def ttt_section(curves: Any, targets: list[Target], costs: dict[str, RunCost], m
     sec = Section("Time to target (counted GPU-hours)")
     by_run, by_method, headline, tables = [], [], [], []
     for i, tg in enumerate(targets):
-        g = curves[(curves["metric"] == tg.metric) & (curves["suite"] == tg.suite) & (curves["category"] == tg.category)]
+        sel = (curves["metric"] == tg.metric) & (curves["suite"] == tg.suite) & (curves["category"] == tg.category)
+        g = curves[sel]
         if tg.backbone is not None:
             g = g[g["backbone"] == tg.backbone]
         per_method: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -458,8 +459,9 @@ def ttt_section(curves: Any, targets: list[Target], costs: dict[str, RunCost], m
                     stats.time_to_target(gr["gpu_h"] + rm, gr["value"], tg.value, higher_is_better=tg.higher_is_better))
             gr = gr.sort_values("gpu_h", kind="stable")
             last = gr.iloc[-1]
+            hit = None if math.isinf(t_ex) else (t_ex, float(gr[gr["gpu_h"] == t_ex]["value"].iloc[0]))
             lines.append({"method": str(last["method"]), "x": gr["gpu_h"].tolist(), "y": gr["value"].tolist(),
-                          "reached": None if math.isinf(t_ex) else (t_ex, float(gr[gr["gpu_h"] == t_ex]["value"].iloc[0]))})
+                          "reached": hit})
             best = gr["value"].max() if tg.higher_is_better else gr["value"].min()
             key = (str(last["backbone"]), str(last["method"]))
             d = per_method.setdefault(key, {"ex": [], "in": []})
@@ -500,8 +502,8 @@ def ttt_section(curves: Any, targets: list[Target], costs: dict[str, RunCost], m
              "LPO speed-up (incl. RM)": fmt_speedup(r["lpo_speedup_incl_rm"])} for r in by_method]
     tables.append(Table("time_to_target", titled("Time to target: median over seeds", mixed), pd.DataFrame(by_method),
                         pd.DataFrame(show), note="A seed that never reached the target counts as never; a median of "
-                        "'not reached' means at least half the seeds missed. Speed-up ∞: only LPO reached the target; 0: only "
-                        "the other method did."))
+                        "'not reached' means at least half the seeds missed. Speed-up ∞: only LPO reached the "
+                        "target; 0: only the other method did."))
     run_df = pd.DataFrame(by_run)
     run_show = run_df.copy().astype(object)
     for c in ("gpu_h_to_target", "gpu_h_to_target_incl_rm"):
@@ -515,7 +517,8 @@ def ttt_section(curves: Any, targets: list[Target], costs: dict[str, RunCost], m
             sps = [r["lpo_speedup_excl_rm"] for r in by_method if (r["backbone"], r["method"]) == (bb, method)]
             geo.append({"backbone": bb, "method": method, "geomean_lpo_speedup_excl_rm": stats.geometric_mean(sps)})
         tables.append(Table("time_to_target_geomean", titled("Geometric-mean LPO speed-up across targets", mixed),
-                            pd.DataFrame(geo), note="Targets a method missed (speed-up 0 or ∞) are left out of the mean."))
+                            pd.DataFrame(geo),
+                            note="Targets a method missed (speed-up 0 or ∞) are left out of the mean."))
     sec.blocks[:0] = tables
     return sec, headline
 
@@ -565,6 +568,13 @@ def paired_vs_base(trained: Run, base: Run) -> list[dict[str, Any]]:
     return out
 
 
+def _wide(df: Any, cell: str) -> Any:
+    """Display pivot: one row per (model, category), one column per metric (first-seen order)."""
+    metrics = list(dict.fromkeys(df["metric"]))
+    w = df.pivot_table(index=["model", "category"], columns="metric", values=cell, aggfunc="first", sort=False)
+    return w.reindex(columns=metrics).fillna("").reset_index()
+
+
 def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path,
                     notes: list[str]) -> tuple[Section, list[dict[str, Any]]]:
     import pandas as pd
@@ -585,24 +595,24 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
                       "guidance_scale": first.get("guidance_scale"), "seed_base": first.get("sample_seed_base"),
                       "images_per_prompt": first.get("images_per_prompt"),
                       "n_prompts": runs[0].info.get("n_prompts"), "inputs_sha256": inputs,
-                      "metrics": ", ".join(sorted({f"{m} ({'?' if pd.isna(v) or v == '' else v})" for m, v in
-                                                  zip(ev.get("metric", []), ev.get("metric_version", []), strict=True)})),
+                      "metrics": ", ".join(sorted({
+                          f"{m} ({'?' if pd.isna(v) or v == '' else v})"
+                          for m, v in zip(ev.get("metric", []), ev.get("metric_version", []), strict=True)})),
                       "runs": len(runs)})
-        rows, show = [], []
+        rows = []
         for r in runs:
             method, label, seed = r.model()
             for _, x in r.rows("eval_metric").iterrows():
                 v, lo, hi = _num(x["value"]), _num(x["ci_low"]), _num(x["ci_high"])
                 rows.append({"model": label, "method": method, "seed": seed, "eval_run": r.run_id,
-                             "category": x["category"], "metric": x["metric"], "value": v, "ci_low": lo,
-                             "ci_high": hi, "n": x["n"], "n_prompts": x["n_prompts"]})
-                show.append({"model": label, "category": str(x["category"]), "metric": str(x["metric"]),
-                             "mean [95% CI]": fmt_ci(v, lo, hi), "images": fmt(x["n"]),
-                             "prompts": fmt(x["n_prompts"])})
+                             "category": str(x["category"]), "metric": str(x["metric"]), "value": v, "ci_low": lo,
+                             "ci_high": hi, "n": x["n"], "n_prompts": x["n_prompts"],
+                             "_cell": fmt_ci(v, lo, hi)})
         title = f"{suite} ({split}) on {bb_id}"
-        t = Table(f"quality_{slug(tag)}", titled(f"Measured quality: {title}", mixed), pd.DataFrame(rows),
-                  pd.DataFrame(show), note="Mean score with a 95% bootstrap CI over prompts, as recorded by the "
-                  "eval run.")
+        qdf = pd.DataFrame(rows)
+        t = Table(f"quality_{slug(tag)}", titled(f"Measured quality: {title}", mixed), qdf.drop(columns="_cell"),
+                  _wide(qdf, "_cell"), note="Mean score [95% bootstrap CI over prompts], as recorded by each eval "
+                  "run; prompt and image counts are in the CSV.")
         sec.blocks.append(t)
         base = next((r for r in runs if r.model()[0] == "base"), None)
         diffs, dshow, noted = [], [], set()
@@ -616,10 +626,11 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
             for d in paired_vs_base(r, base):
                 diffs.append({"model": label, "method": method, "seed": seed, "eval_run": r.run_id,
                               "base_run": base.run_id, **d})
+                excludes = d["n_prompts"] >= 2 and (d["ci_low"] > 0 or d["ci_high"] < 0)
+                mark = " *" if excludes else (" (1 prompt)" if d["n_prompts"] < 2 else "")
+                diffs[-1]["ci_excludes_0"] = bool(excludes)
                 dshow.append({"model": label, "category": d["category"], "metric": d["metric"],
-                              "trained − base [95% CI]": fmt_ci(d["diff_vs_base"], d["ci_low"], d["ci_high"]),
-                              "CI excludes 0": "yes" if d["ci_low"] > 0 or d["ci_high"] < 0 else "no",
-                              "win rate (images)": fmt(d["win_rate_images"]), "prompts": str(d["n_prompts"])})
+                              "_cell": fmt_ci(d["diff_vs_base"], d["ci_low"], d["ci_high"]) + mark})
                 headline.append({"suite": suite, "backbone_id": bb_id, **diffs[-1]})
                 note_key = (r.run_id, d["metric"])
                 if d["n_unmatched"] and note_key not in noted:
@@ -628,9 +639,10 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
                                  f"and were left out of the paired difference")
         if diffs:
             t = Table(f"quality_vs_base_{slug(tag)}", titled(f"Trained minus base model (paired): {title}", mixed),
-                      pd.DataFrame(diffs), pd.DataFrame(dshow), note="Same prompts and image seeds on both sides; "
-                      "difference of per-prompt means with a paired bootstrap CI over prompts. This is the "
-                      "'did it improve' number: an improvement is credible when the CI excludes 0.")
+                      pd.DataFrame(diffs), _wide(pd.DataFrame(dshow), "_cell"), note="Same prompts and image seeds "
+                      "on both sides; difference of per-prompt means [paired bootstrap 95% CI over prompts]. This is "
+                      "the 'did it improve' number. *: the CI excludes 0 (a credible change); a single prompt gives "
+                      "no interval. Win rates over matched images are in the CSV.")
             sec.blocks.append(t)
         measured = {(str(m), str(c)) for m, c in zip(ev.get("metric", []), ev.get("category", []), strict=True)}
         for pt in published.matching("quality", bb_id, suite):
@@ -651,10 +663,12 @@ def published_table(pt: Any, published: Any, measured: set[tuple[str, str]] | No
         mark = "" if measured is None or (c.metric, c.category) in measured else " †"
         labels.append(c.label + mark)
     notes = {"note": [r.note for r in pt.rows]} if any(r.note for r in pt.rows) else {}
-    df = pd.DataFrame([{"published row": r.label, "backbone": r.backbone,
-                        **{c.key: v for c, v in zip(pt.columns, r.values, strict=True)}} for r in pt.rows]).assign(**notes)
+    keys = [c.key for c in pt.columns]
+    df = pd.DataFrame([{"published row": r.label, "backbone": r.backbone, **dict(zip(keys, r.values, strict=True))}
+                       for r in pt.rows]).assign(**notes)
     show = pd.DataFrame([{"published row": r.label, "backbone": r.backbone,
-                          **{lab: fmt(v) for lab, v in zip(labels, r.values, strict=True)}} for r in pt.rows]).assign(**notes)
+                          **{lab: fmt(v) for lab, v in zip(labels, r.values, strict=True)}}
+                         for r in pt.rows]).assign(**notes)
     note = f"{published.citation}. Units: {pt.units}. Protocol: {pt.protocol}. {pt.note}"
     if measured is not None and any(lab.endswith("†") for lab in labels):
         note += " †: no measured number with this metric and category here (a different metric id or not run)."
@@ -693,7 +707,8 @@ def step_accuracy_section(runs: list[Run], mixed: bool, out: Path) -> tuple[Sect
     show = df.pivot_table(index="timestep", columns="curve", values="value", aggfunc="first")
     lo = df.pivot_table(index="timestep", columns="curve", values="ci_low", aggfunc="first")
     hi = df.pivot_table(index="timestep", columns="curve", values="ci_high", aggfunc="first")
-    disp = pd.DataFrame({c: [fmt_ci(v, lo.at[t, c], hi.at[t, c]) if not math.isnan(v) else "" for t, v in show[c].items()]
+    disp = pd.DataFrame({c: [fmt_ci(v, lo.at[t, c], hi.at[t, c]) if not math.isnan(v) else ""
+                             for t, v in show[c].items()]
                          for c in show.columns}, index=show.index).reset_index()
     disp["timestep"] = [str(int(t)) for t in disp["timestep"]]
     t = Table("step_accuracy", titled("Pairwise accuracy by timestep t, 95% CI", mixed),
@@ -850,7 +865,8 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     if by_kind["eval"]:
         sec, headline["quality_vs_base"] = quality_section(by_kind["eval"], published, mixed, out, notes)
         sections.append(sec)
-    step_sec, headline["step_accuracy"] = step_accuracy_section(by_kind["step_accuracy"] + by_kind["train"] + by_kind["reward"], mixed, out)
+    acc_runs = by_kind["step_accuracy"] + by_kind["train"] + by_kind["reward"]
+    step_sec, headline["step_accuracy"] = step_accuracy_section(acc_runs, mixed, out)
     if step_sec is not None:
         sections.append(step_sec)
 
@@ -869,8 +885,8 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     header = [f"Command: {command}", f"Date (UTC): {date}",
               f"Git commit(s) of the runs: {', '.join(commits)}; report written by lpo-bench "
               f"{__version__} at {here}{'-dirty' if dirty else ''}",
-              f"Device(s): {'; '.join(devices)}", f"Runs: {len(loaded)} "
-              + ", ".join(f"{k} {len(v)}" for k, v in by_kind.items() if v)]
+              f"Device(s): {'; '.join(devices)}",
+              f"Runs: {len(loaded)} ({', '.join(f'{k} {len(v)}' for k, v in by_kind.items() if v)})"]
     how = _how_to_read(loaded, published)
 
     for t in {b.name: b for s in sections for b in s.blocks if isinstance(b, Table)}.values():

@@ -202,3 +202,29 @@ def test_dpo_through_the_runner_exports_lora(tiny_pairs, tmp_path, monkeypatch):
     assert info["updates"] == 2
     assert info["ledger"]["seconds_by_phase"]["PREP"] > 0 and info["ledger"]["seconds_by_phase"]["UPDATE"] > 0
     assert (run_dir / "export" / "pytorch_lora_weights.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_sum_gradients_into_identical_weights(tiny_pairs, tmp_path):
+    """Full fine-tuning under 2 gloo ranks: each rank sees different pairs, the all-reduced gradients keep the
+    two UNets bitwise identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "baselines_ddp.py"
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+           str(29300 + os.getpid() % 300), str(script), "diffusion-dpo", str(tiny_pairs), str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["updates"] == 2 and r0["weights_sha256"] == r1["weights_sha256"]

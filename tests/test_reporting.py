@@ -106,7 +106,8 @@ def make_step_accuracy(root):
                                                "provenance": _prov(), "status": "done"})
     rows = [{"kind": "step_reward_acc", "metric": m, "timestep": t, "input_mode": mode, "value": v, "ci_low": v - 0.05,
              "ci_high": v + 0.05, "n": 256}
-            for m, mode, vals in (("lrm", "noisy_latent", (0.8, 0.7, 0.6)), ("toy-oracle", "x0_pred_decoded", (0.9, 0.6, 0.5)))
+            for m, mode, vals in (("lrm", "noisy_latent", (0.8, 0.7, 0.6)),
+                                  ("toy-oracle", "x0_pred_decoded", (0.9, 0.6, 0.5)))
             for t, v in zip((1, 501, 951), vals, strict=True)]
     records.write_measurements(d, rows, {"run_id": "sa-toy", **_prov()})
     records.mark_done(d)
