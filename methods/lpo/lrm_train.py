@@ -99,7 +99,7 @@ class LRMTrainer:
         self.mean1, self.std1 = self._encode(train.images_tensor(1))
         self.label = torch.as_tensor(train.label_0, dtype=torch.float32)
         self.weight = torch.as_tensor(train.weight, dtype=torch.float32)
-        self.gen = purpose_generator(ctx.seed, "lrm-data")
+        self.gen = purpose_generator(ctx.seed, "lrm-data", ctx.rank)  # each rank draws its own pairs
         self.grid = torch.tensor(self.cfg.grid())
 
     def _filter(self, pairs: PairSet) -> PairSet:
@@ -134,7 +134,8 @@ class LRMTrainer:
     def train_step(self, step: int) -> dict[str, float]:
         cfg, b = self.cfg, self.ctx.bundle
         n = len(self.label)
-        idx = torch.randint(0, n, (min(cfg.batch_pairs, n),), generator=self.gen)
+        per_rank = max(1, cfg.batch_pairs // self.ctx.world_size)  # batch_pairs is the global batch
+        idx = torch.randint(0, n, (min(per_rank, n),), generator=self.gen)
         t = self.grid[torch.randint(0, len(self.grid), (len(idx),), generator=self.gen)]
         x0 = self._latents(self.mean0[idx], self.std0[idx])
         x1 = self._latents(self.mean1[idx], self.std1[idx])
@@ -154,6 +155,11 @@ class LRMTrainer:
         loss = pair_ce_loss(s0, s1, self.label[idx].to(dev), self.weight[idx].to(dev))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.ctx.world_size > 1:  # average gradients over ranks through accelerate (one global batch)
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(self.ctx.accelerator.reduce(p.grad, reduction="mean"))
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
         self.opt.step()
         with torch.no_grad():
