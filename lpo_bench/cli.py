@@ -233,12 +233,23 @@ def bench(
     repeats: int = typer.Option(3, "--repeats"),
     device: Optional[str] = typer.Option(None, "--device"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the result as JSON here"),
+    parts: Optional[str] = typer.Option(
+        None, "--parts", help="Comma-separated: sampling_step,train_step,overhead (default: all on toy/tiny, "
+                              "sampling_step on full-size backbones)"),
+    candidates: int = typer.Option(4, "--candidates", help="K candidates per sampling step"),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Untimed calls first (default 1; 0 full-size on CPU)"),
+    autocast: Optional[str] = typer.Option(None, "--autocast", help="bf16 | fp16 autocast (GPU)"),
+    grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="UNet gradient checkpointing in training steps"),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the timed components / the UNet"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
 ) -> None:
-    """Cost of one training step per method, by ledger phase and work counters."""
+    """Cost of one sampling step (LPO paper Tab. 5) and one training step per method, and the harness overhead."""
     from lpo_bench import bench as bench_mod
 
     bench_mod.run_bench(method=method, backbone=backbone, random_weights=random_weights, repeats=repeats,
-                        device=device, out=out)
+                        device=device, out=out, parts=[p.strip() for p in parts.split(",")] if parts else None,
+                        num_candidates=candidates, warmup=warmup, autocast_dtype=autocast,
+                        gradient_checkpointing=grad_ckpt, compile=compile_, threads=threads)
 
 
 @toy_app.command("pretrain")

@@ -367,19 +367,35 @@ def evaluate_unet(
 class ModelSpec:
     """What ``--model`` named: a base backbone, a train run's exported LoRA, or a LoRA directory."""
 
-    kind: str  # "base" | "train-run" | "lora"
+    kind: str  # "base" | "train-run" | "lora" | "unet"
     backbone: str
     tag: str  # used in the eval run id
     lora_path: str | None = None
     lora_sha256: str | None = None
     train_run: dict[str, Any] | None = None
+    unet_path: str | None = None  # a fully fine-tuned UNet (diffusers layout) instead of a LoRA
 
     def describe(self) -> dict[str, Any]:
-        d = {"kind": self.kind, "backbone": self.backbone, "lora_path": self.lora_path, "lora_sha256": self.lora_sha256}
+        d = {"kind": self.kind, "backbone": self.backbone, "lora_path": self.lora_path, "lora_sha256": self.lora_sha256,
+             "unet_path": self.unet_path}
         if self.train_run is not None:
             d["train_run"] = {k: self.train_run.get(k) for k in ("run_id", "method", "method_version", "config_hash",
                                                                   "seed", "status", "backbone_provenance")}
         return d
+
+
+def _unet_dir(path: Path) -> Path | None:
+    """A diffusers UNet directory at ``path`` or ``path/unet`` (full fine-tuning exports), else None."""
+    for cand in (path, path / "unet"):
+        if (cand / "config.json").is_file() and any(cand.glob("diffusion_pytorch_model*.safetensors")):
+            return cand
+    return None
+
+
+def _unet_sha256(d: Path) -> str:
+    from lpo_bench.weights import file_sha256
+
+    return file_sha256(sorted(d.glob("diffusion_pytorch_model*.safetensors"))[0])
 
 
 def _lora_file(path: Path) -> Path:
@@ -415,11 +431,17 @@ def resolve_model(model: str, backbone: str | None = None) -> ModelSpec:
         bb = registry.check_name("backbone", str(info["backbone"]))
         if backbone is not None and backbone != bb:
             raise HarnessError(f"train run {path} used backbone {bb}, not --backbone {backbone}; drop --backbone")
+        unet_dir = _unet_dir(export)
+        if unet_dir is not None:
+            return ModelSpec("train-run", bb, str(info["run_id"]), None, _unet_sha256(unet_dir), info, str(unet_dir))
         f = _lora_file(export)
         return ModelSpec("train-run", bb, str(info["run_id"]), str(export), file_sha256(f), info)
     if backbone is None:
-        raise HarnessError(f"--model {path} is a LoRA path; say which backbone it adapts with --backbone")
+        raise HarnessError(f"--model {path} is a LoRA or UNet path; say which backbone it belongs to with --backbone")
     bb = registry.check_name("backbone", backbone)
+    unet_dir = _unet_dir(path)
+    if unet_dir is not None:
+        return ModelSpec("unet", bb, f"unet-{path.name or 'unet'}", None, _unet_sha256(unet_dir), None, str(unet_dir))
     f = _lora_file(path)
     name = (path.name if path.is_dir() else path.parent.name) or "lora"
     return ModelSpec("lora", bb, f"lora-{name}", str(path), file_sha256(f))
@@ -430,6 +452,19 @@ def load_model(spec: ModelSpec, *, weights_dir: str | Path | None, device: str) 
     from lpo_bench.runner import load_backbone
 
     bundle = load_backbone(spec.backbone, weights_dir=str(weights_dir) if weights_dir else None, device=device)
+    if spec.unet_path is not None:
+        from diffusers import UNet2DConditionModel
+
+        try:
+            unet = UNet2DConditionModel.from_pretrained(spec.unet_path)
+        except Exception as exc:
+            raise HarnessError(f"could not load the UNet at {spec.unet_path}: {type(exc).__name__}; "
+                               f"pass a directory written by a full fine-tuning export") from None
+        arch = lambda cfg: {k: v for k, v in dict(cfg).items() if not k.startswith("_")}  # noqa: E731
+        if arch(unet.config) != arch(bundle.unet.config):
+            raise HarnessError(f"the UNet at {spec.unet_path} does not match the {spec.backbone} architecture; "
+                               f"pass --backbone for the model it was trained from")
+        bundle.unet = unet.to(device=device, dtype=bundle.dtype).requires_grad_(False)
     if spec.lora_path is not None:
         from lpo_bench.lora import load_lora_into
 

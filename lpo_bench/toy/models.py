@@ -94,7 +94,7 @@ def _bpe_merges(words: Iterable[str]) -> list[tuple[str, str]]:
     while True:
         counts: Counter[tuple[str, str]] = Counter()
         for s in seqs:
-            counts.update(zip(s[:-1], s[1:]))
+            counts.update(zip(s[:-1], s[1:], strict=True))
         if not counts:
             return merges
         top = max(counts.values())

@@ -182,13 +182,15 @@ def pretrain(
     steps_vae: int = STEPS_VAE,
     steps_unet: int = STEPS_UNET,
     batch_size: int = 128,
+    num_threads: int = NUM_THREADS,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Pretrain the toy backbone into ``out_dir`` (the layout ``load_toy_bundle`` reads).
 
     The VAE trains with batches of ``batch_size // 2``, the UNet with ``batch_size``, both on a
     pool of min(POOL_IMAGES, what the steps consume) rendered pairs and their mirror images.
-    Step counts fix the work, so the result is deterministic; ``budget_minutes`` only triggers a
+    Step counts and ``num_threads`` fix the work, so the result is deterministic (bitwise for the
+    same seed, thread count and software stack); ``budget_minutes`` only triggers a
     warning in the log when the measured pace would exceed it. Returns the report also written to
     ``out_dir/pretrain_report.json`` (steps, losses, seed, wall time, sha256 per weights file).
     """
@@ -196,7 +198,7 @@ def pretrain(
     batch_vae = max(1, batch_size // 2)
     n_pool = min(POOL_IMAGES, max(steps_vae * batch_vae, steps_unet * batch_size, 1))
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(NUM_THREADS)
+    torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True)
     t0 = time.time()
     try:
@@ -238,7 +240,7 @@ def pretrain(
         "kl_weight": KL_WEIGHT,
         "caption_dropout": CAPTION_DROPOUT,
         "defect_prob": DEFECT_PROB,
-        "num_threads": NUM_THREADS,
+        "num_threads": num_threads,
         "torch_version": torch.__version__,
         "scaling_factor": float(vae.config.scaling_factor),
         **vae_stats,
@@ -259,8 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-vae", type=int, default=STEPS_VAE)
     ap.add_argument("--steps-unet", type=int, default=STEPS_UNET)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--num-threads", type=int, default=NUM_THREADS)
     a = ap.parse_args(argv)
-    pretrain(a.out_dir, seed=a.seed, steps_vae=a.steps_vae, steps_unet=a.steps_unet, batch_size=a.batch_size)
+    pretrain(a.out_dir, seed=a.seed, steps_vae=a.steps_vae, steps_unet=a.steps_unet, batch_size=a.batch_size,
+             num_threads=a.num_threads)
 
 
 if __name__ == "__main__":
