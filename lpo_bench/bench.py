@@ -198,17 +198,15 @@ def full_size_bundle(family: str, *, seed: int = 0, device: str = "cpu") -> Any:
                            f"{', '.join(RANDOM_FULL_BACKBONES)}")
     sdxl = family == "sdxl"
     torch.manual_seed(seed)
-    with torch.device(device):
-        comps: dict[str, Any] = {
-            "unet": UNet2DConditionModel(**(SDXL_UNET_CONFIG if sdxl else SD15_UNET_CONFIG)),
-            "vae": AutoencoderKL(**(SDXL_VAE_CONFIG if sdxl else SD_VAE_CONFIG)),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT_CONFIG)),
-            "tokenizer": clip_tokenizer(77, pad_token="<|endoftext|>"),
-            "scheduler": _sd_scheduler(),
-        }
+    comps: dict[str, Any] = {"tokenizer": clip_tokenizer(77, pad_token="<|endoftext|>"), "scheduler": _sd_scheduler()}
+    if sdxl:
+        comps["tokenizer_2"] = clip_tokenizer(77, pad_token="!")
+    with torch.device(device):  # "meta": shapes only, for FLOP counting
+        comps["unet"] = UNet2DConditionModel(**(SDXL_UNET_CONFIG if sdxl else SD15_UNET_CONFIG))
+        comps["vae"] = AutoencoderKL(**(SDXL_VAE_CONFIG if sdxl else SD_VAE_CONFIG))
+        comps["text_encoder"] = CLIPTextModel(CLIPTextConfig(**CLIP_L14_TEXT_CONFIG))
         if sdxl:
             comps["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG14_TEXT_CONFIG))
-            comps["tokenizer_2"] = clip_tokenizer(77, pad_token="!")
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if name in comps:
             comps[name].eval().requires_grad_(False)
@@ -325,7 +323,7 @@ def step_components(
             text = LRMText(text1.embeds.repeat(k), text1.feature.repeat(k, 1))
             un = lrm.negative_embeds(1).repeat(k)
         t_lrm = torch.full((k,), timestep, device=bundle.device)  # official: the parent timestep
-        info["labels"]["lrm"] = (f"LatentRewardModel.from_bundle ({_count_params(lrm) / 1e6:.0f} M params, "
+        info["labels"]["lrm"] = (f"LatentRewardModel.from_bundle ({_count_params(lrm) / 1e6:.4g} M params, "
                                  f"VFE gs {lrm.guidance_scale:g}: trunk on cond + uncond)")
         yield ("lrm_reward", lambda: lrm.score(state["cands"], t_lrm, text, un),
                {"reward_fwd": k, "lrm_trunk_fwd": k * (2 if lrm.guidance_scale != 1 else 1)})
@@ -340,7 +338,7 @@ def step_components(
         yield "vae_decode", lambda: state.__setitem__("images", bundle.decode(state["x0"])), {"vae_decode": k}
         state.pop("x0")
         spm, label = make_spm(bundle, full_size=full_size)
-        info["labels"]["spm"] = f"{label} ({_count_params(spm) / 1e6:.0f} M params)"
+        info["labels"]["spm"] = f"{label} ({_count_params(spm) / 1e6:.4g} M params)"
         info["spm_attention"] = getattr(spm.clip.config, "_attn_implementation", None)
         if bundle.device.type == "meta":  # FLOP counting: the text side is cached, only its shape matters
             spm_text = torch.empty(k, spm.clip.config.projection_dim, device="meta")
@@ -665,10 +663,8 @@ def _ratios(train: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
         r = {"per_update_s": o["per_update_s"] / base["per_update_s"]}
         if o["per_pair_s"] and base["per_pair_s"]:
             r["per_pair_s"] = o["per_pair_s"] / base["per_pair_s"]
-        for c in sorted(set(o["counts_per_pair"]) | set(base["counts_per_pair"])):
-            b = base["counts_per_pair"].get(c, 0.0)
-            if b:
-                r[f"{c}_per_pair"] = o["counts_per_pair"].get(c, 0.0) / b
+        for c in sorted(set(o["counts_per_pair"]) & set(base["counts_per_pair"])):  # counters both methods book
+            r[f"{c}_per_pair"] = o["counts_per_pair"][c] / base["counts_per_pair"][c]
         out[key] = r
     return out
 
@@ -719,6 +715,8 @@ def run_bench(
     dev = pick_device(device)
     if warmup is None:
         warmup = 0 if full and not dev.startswith("cuda") else 1
+    if compile:
+        warmup = max(warmup, 1)  # compilation happens in the first call: keep it off the clock
     if threads:
         torch.set_num_threads(int(threads))
     if not dev.startswith("cuda"):
@@ -751,7 +749,7 @@ def run_bench(
         train = {}
         for m in methods:
             train[m] = train_step_costs(
-                m, backbone, random_weights=random_weights, device=dev, repeats=repeats, warmup=max(warmup, 1),
+                m, backbone, random_weights=random_weights, device=dev, repeats=repeats, warmup=warmup,
                 overhead="overhead" in parts, overrides=(train_overrides or {}).get(m),
                 autocast_dtype=autocast_dtype, gradient_checkpointing=gradient_checkpointing, compile=compile,
                 log=log)
@@ -831,15 +829,16 @@ def _render_sampling_step(console: Any, ss: dict[str, Any], backbone: str, dev: 
     for label, name, pk in rows:
         shared = name == "denoise"
         t.add_row(label, f(g(name) if shared else 0.0) if lpo else "-", f(g(name)) if spo else "-",
-                  "-" if shared or g(name) is None else f(g(name) / k), f(g(name, "tflop"), ".3f"),
+                  "-" if shared or g(name) is None else f(g(name) / k), f(g(name, "tflop"), ".3g"),
                   f(paper["lpo"][pk]), f(paper["spo"][pk]))
-    for label, name in (("reward LRM (K)", "lrm_reward"), ("reward SPM (K)", "spm_reward")):
-        if name in c:
-            t.add_row(label, f(g(name)) if name == "lrm_reward" else "-", f(g(name)) if name == "spm_reward" else "-",
-                      f(g(name) / k), f(g(name, "tflop"), ".3f"), f(paper["lpo"]["reward"]) if lpo else "-",
-                      f(paper["spo"]["reward"]) if spo else "-")
+    if lpo:
+        t.add_row("reward LRM (K)", f(g("lrm_reward")), "-", f(g("lrm_reward") / k), f(g("lrm_reward", "tflop"), ".3g"),
+                  f(paper["lpo"]["reward"]), "-")
+    if spo:
+        t.add_row("reward SPM (K)", "-", f(g("spm_reward")), f(g("spm_reward") / k), f(g("spm_reward", "tflop"), ".3g"),
+                  "-", f(paper["spo"]["reward"]))
     t.add_row("total", f(ss.get("lpo_total_s")), f(ss.get("spo_total_s")), "-",
-              " / ".join(f(ss.get(x), ".3f") for x in ("lpo_total_tflop", "spo_total_tflop") if x in ss),
+              " / ".join(f(ss.get(x), ".3g") for x in ("lpo_total_tflop", "spo_total_tflop") if x in ss),
               f(paper["lpo"]["total"]), f(paper["spo"]["total"]))
     console.print(t)
     if "ratio_spo_over_lpo" in ss:

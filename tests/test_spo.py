@@ -219,6 +219,18 @@ def test_spo_loss_is_the_shared_step_dpo_loss(prompts, tmp_path, monkeypatch):
     assert logs[1]["loss"] == pytest.approx(sum(hand) / len(hand), rel=1e-5)
 
 
+def test_spo_without_valid_pairs_ends_without_an_update(prompts, tmp_path):
+    from lpo_bench import testing
+
+    b = testing.tiny_bundle("sd15")
+    m, ledger = _spo(b, tmp_path, _spm_dir(b, tmp_path), threshold_spo=1.0, max_updates=None)  # tanh(.) < 1
+    before = {k: v.detach().clone() for k, v in b.unet.named_parameters() if "lora_" in k}
+    assert not m.is_done(0)
+    assert _run(m, ledger, 0, 1) == [{"skipped": 1.0}]
+    assert m.is_done(1) and m.rounds == 2  # both rounds of the single epoch were sampled
+    assert all(torch.equal(v, dict(b.unet.named_parameters())[k]) for k, v in before.items())
+
+
 def test_spo_resumes_bitwise(prompts, tmp_path):
     from lpo_bench import testing
 
@@ -262,7 +274,7 @@ def test_spo_through_the_runner_trains_the_spm_first(prompts, tiny_pairs, tmp_pa
     assert sorted(df.loc[df["kind"] == "rm_val_acc", "timestep"].astype(int)) == [0, 251, 501, 701, 951]
 
 
-def _torchrun(args, tmp_path, nproc):
+def _torchrun(args, nproc):
     import os
     import signal
     import subprocess
@@ -287,8 +299,8 @@ def _torchrun(args, tmp_path, nproc):
 def test_two_processes_keep_every_pair_and_identical_weights(tiny_pairs, tmp_path):
     """Under 2 gloo ranks SPO trains on the same 9 pairs as one process (odd count: no pair dropped) and the
     summed LoRA gradients leave both ranks with bitwise identical weights."""
-    _torchrun(["spo", str(tiny_pairs), str(tmp_path / "one")], tmp_path, 1)
-    _torchrun(["spo", str(tiny_pairs), str(tmp_path / "two")], tmp_path, 2)
+    _torchrun(["spo", str(tiny_pairs), str(tmp_path / "one")], 1)
+    _torchrun(["spo", str(tiny_pairs), str(tmp_path / "two")], 2)
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     r0, r1 = (json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert one["pairs_global"] == r0["pairs_global"] == 9

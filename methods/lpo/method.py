@@ -209,6 +209,7 @@ class LPO:
         else:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
         self.opt.step()
+        bundle.unet.eval()  # sampling and evaluation run the UNet in eval mode
         with torch.no_grad():
             r_w, r_l = (logp_w - ref_w).exp(), (logp_l - ref_l).exp()
         return {"loss": loss.item(), "implicit_acc": float((r_w > r_l).float().mean()),
