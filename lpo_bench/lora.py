@@ -67,6 +67,11 @@ def lora_parameters(unet: Any, adapter_name: str = "default") -> list[torch.nn.P
     return [p for n, p in unet.named_parameters() if "lora_" in n and f".{adapter_name}." in n]
 
 
+def lora_state(unet: Any) -> dict[str, torch.Tensor]:
+    """Name -> tensor of every LoRA parameter (what a checkpoint needs to resume a LoRA run)."""
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
+
+
 def _tuner_layers(unet: Any) -> list[Any]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 

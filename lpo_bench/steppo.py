@@ -193,3 +193,50 @@ def step_pair_logps(
     logp_w = steps.step_log_prob(pairs.x_w.to(dev).float(), mu, std_t)
     logp_l = steps.step_log_prob(pairs.x_l.to(dev).float(), mu, std_t)
     return logp_w, logp_l
+
+
+# ---------------------------------------------------------------------------- multi-process (accelerate)
+def global_pair_count(ctx: Any, n_local: int) -> int:
+    """Pairs in this update summed over ranks (n_local on a single process)."""
+    if ctx.world_size == 1:
+        return n_local
+    t = torch.tensor([float(n_local)], device=ctx.device)
+    return int(ctx.accelerator.reduce(t, reduction="sum").item())
+
+
+def sum_grads_over_ranks(ctx: Any, params: list[torch.Tensor]) -> None:
+    """Sum gradients over ranks through accelerate; a rank without pairs in this update contributes zeros."""
+    if ctx.world_size == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(ctx.accelerator.reduce(p.grad, reduction="sum"))
+
+
+def gather_step_pairs(
+    ctx: Any, pairs: StepPairs, gen: torch.Generator, *, drop_remainder: bool = False
+) -> tuple[StepPairs, int]:
+    """All ranks' valid pairs, shuffled by a permutation every rank draws identically from ``gen``, then this
+    rank's share: rows r, r+P, r+2P, ... No pair is dropped (shares differ by at most one); with
+    ``drop_remainder`` the official behaviour (N mod P pairs dropped) is reproduced.
+    Returns (this rank's share, the largest share over ranks).
+    """
+    import math
+
+    if ctx.world_size == 1:
+        perm = torch.randperm(len(pairs), generator=gen) if len(pairs) else torch.empty(0, dtype=torch.long)
+        return pairs.index(perm), len(pairs)
+    from accelerate.utils import gather_object
+
+    fields = list(pairs.__dataclass_fields__)
+    allp = gather_object([{f: getattr(pairs, f)[i] for f in fields} for i in range(len(pairs))])
+    if not allp:
+        return StepPairs.empty(ctx.bundle.latent_shape), 0
+    merged = StepPairs(*(torch.stack([row[f] for row in allp]) for f in fields))
+    perm = torch.randperm(len(merged), generator=gen)
+    p = ctx.world_size
+    if drop_remainder:
+        per = len(merged) // p
+        return merged.index(perm[ctx.rank * per : (ctx.rank + 1) * per]), per
+    return merged.index(perm[ctx.rank :: p]), math.ceil(len(merged) / p)

@@ -119,7 +119,7 @@ def test_lrm_vfe_guides_only_the_mid_feature():
 def test_pair_ce_loss_hand_values():
     import math
 
-    from lpo_bench.methods.lpo.lrm_train import pair_ce_loss
+    from lpo_bench.reward_math import pair_ce_loss
 
     s0, s1 = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])
     lab = torch.tensor([1.0, 0.0, 0.5])
@@ -130,6 +130,17 @@ def test_pair_ce_loss_hand_values():
     want = (l_a * 1 + l_b * 1 + l_c * 2) / 4
     assert pair_ce_loss(s0, s1, lab, w).item() == pytest.approx(want)
     assert l_c == pytest.approx(0.0)
+    assert pair_ce_loss(s0, s1, lab).item() == pytest.approx((l_a + l_b + l_c) / 3)
+
+
+def test_warmup_linear_decay():
+    from lpo_bench.reward_math import warmup_linear_decay
+
+    assert warmup_linear_decay(0, peak=1.0, warmup=4, total=10) == 0.25
+    assert warmup_linear_decay(3, peak=1.0, warmup=4, total=10) == 1.0
+    assert warmup_linear_decay(4, peak=1.0, warmup=4, total=10) == 1.0
+    assert warmup_linear_decay(7, peak=1.0, warmup=4, total=10) == 0.5
+    assert warmup_linear_decay(12, peak=1.0, warmup=4, total=10) == 0.0
 
 
 def test_mpcf_strategies_and_tie_rule():

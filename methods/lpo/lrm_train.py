@@ -8,20 +8,19 @@ the official trainer samples ``latent_dist`` each time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from lpo_bench.methods.lpo.lrm import LatentRewardModel
+from lpo_bench.methods.lpo.mpcf import mpcf_keep
 
 from lpo_bench import stats
 from lpo_bench.errors import HarnessError
-from lpo_bench.methods.lpo.lrm import LatentRewardModel
-from lpo_bench.methods.lpo.mpcf import mpcf_keep
 from lpo_bench.pairs import GAP_COLUMNS, PairSet, load_pairs
+from lpo_bench.reward_math import pair_ce_loss, warmup_linear_decay
 from lpo_bench.sampling import purpose_generator, seeded_init
 
 
@@ -47,26 +46,8 @@ class LRMConfig:
         return list(range(1, self.largest_timestep + 1, self.timestep_stride))
 
 
-def pair_ce_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """PickScore-style 2-way CE with soft labels (lpo.md §3.3). s0, s1, label_0, weight: [b] -> scalar.
-
-    ℓ_n = ℓ0·CE([s0,s1],0) + ℓ1·CE([s0,s1],1) + 1[tie]·log 0.5, weights w_n normalised to sum 1.
-    For a win/lose pair this is -log σ(s_w - s_l); an ideal tie costs 0.
-    """
-    logits = torch.stack([s0, s1], dim=-1)
-    logp = F.log_softmax(logits, dim=-1)
-    l0 = label_0.to(logp)
-    per = -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
-    w = weight.to(logp)
-    return (per * w).sum() / w.sum()
-
-
 def lr_at(step: int, cfg: LRMConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_updates, then linear decay to 0 at max_updates."""
-    if step < cfg.warmup_updates:
-        return cfg.lr * (step + 1) / cfg.warmup_updates
-    span = max(cfg.max_updates - cfg.warmup_updates, 1)
-    return cfg.lr * max(0.0, (cfg.max_updates - step) / span)
+    return warmup_linear_decay(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.max_updates)
 
 
 class LRMTrainer:

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+from lpo_bench.methods.lpo.lrm import LatentRewardModel
 
 from lpo_bench import lora, steppo, steps
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
-from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.prompts import training_prompts
 from lpo_bench.sampling import purpose_generator, seeded_init
 
@@ -156,7 +156,7 @@ class LPO:
         self.last_round_logs = logs
         self.rounds += 1
         with self.ctx.ledger.phase(Phase.SAMPLE):
-            return _gather_pairs(self.ctx, pairs, self.gen_order, self.cfg.drop_remainder_pairs)
+            return steppo.gather_step_pairs(self.ctx, pairs, self.gen_order, drop_remainder=self.cfg.drop_remainder_pairs)
 
     def _exhausted(self) -> bool:
         return self.epoch >= self.cfg.epochs and len(self.order) == 0
@@ -183,8 +183,8 @@ class LPO:
         bundle, cfg = self.ctx.bundle, self.cfg
         if len(batch) == 0:  # only under multi-process: this rank has no pair in this update
             self.opt.zero_grad(set_to_none=True)
-            n_global = _sync_grads_begin(self.ctx, 0)
-            _sync_grads_end(self.ctx, self.params)
+            n_global = steppo.global_pair_count(self.ctx, 0)
+            steppo.sum_grads_over_ranks(self.ctx, self.params)
             self.opt.step()
             return {"pairs": 0.0, "pairs_global": float(n_global)}
         cond = self.cond.index(batch.prompt_idx)
@@ -198,10 +198,10 @@ class LPO:
         self.ctx.ledger.count("unet_fwd", len(batch) * cfg_mult)
         per = steps.step_dpo_loss(logp_w, logp_l, ref_w, ref_l, beta=cfg.beta_lpo, clip=cfg.ratio_clip)
         self.opt.zero_grad(set_to_none=True)
-        n_global = _sync_grads_begin(self.ctx, len(batch))
+        n_global = steppo.global_pair_count(self.ctx, len(batch))
         # sum over local pairs / global pair count, then grads summed across ranks = the global mean loss
         (per.sum() / max(n_global, 1)).backward()
-        _sync_grads_end(self.ctx, self.params)
+        steppo.sum_grads_over_ranks(self.ctx, self.params)
         loss = per.mean()
         self.pairs_global = n_global
         if cfg.official_grad_clip_noop or cfg.grad_clip_norm <= 0:
@@ -231,7 +231,7 @@ class LPO:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "lora": {k: v.detach().clone() for k, v in _lora_state(self.ctx.bundle.unet).items()},
+            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
             "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
             "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch,
             "buffer": None if self.buffer is None else {f: getattr(self.buffer, f) for f in self.buffer.__dataclass_fields__},
@@ -240,7 +240,7 @@ class LPO:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unet = self.ctx.bundle.unet
-        missing = set(state["lora"]) - set(_lora_state(unet))
+        missing = set(state["lora"]) - set(lora.lora_state(unet))
         if missing:
             raise HarnessError("checkpoint LoRA does not match this model; rerun with --overwrite")
         with torch.no_grad():
@@ -256,8 +256,6 @@ class LPO:
         self.updates_left = int(state["updates_left"])
 
 
-def _lora_state(unet: Any) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in unet.named_parameters() if "lora_" in k}
 
 
 def _encode_in_chunks(fn: Any, prompts: list[str], chunk: int = 256) -> Any:
@@ -267,8 +265,9 @@ def _encode_in_chunks(fn: Any, prompts: list[str], chunk: int = 256) -> Any:
 
 
 def _lrm_text_chunks(lrm: LatentRewardModel, prompts: list[str], chunk: int = 256) -> Any:
-    from lpo_bench.bundle import PromptEmbeds
     from lpo_bench.methods.lpo.lrm import LRMText
+
+    from lpo_bench.bundle import PromptEmbeds
 
     parts = [lrm.encode_text(prompts[s : s + chunk]) for s in range(0, len(prompts), chunk)]
     return LRMText(PromptEmbeds.cat([p.embeds for p in parts]), torch.cat([p.feature for p in parts]))
@@ -278,49 +277,3 @@ def _index_text(text: Any, rows: torch.Tensor) -> Any:
     from lpo_bench.methods.lpo.lrm import LRMText
 
     return LRMText(text.embeds.index(rows.to(text.feature.device)), text.feature[rows.to(text.feature.device)])
-
-
-def _sync_grads_begin(ctx: Any, n_local: int) -> int:
-    """Global number of pairs in this update (sum over ranks)."""
-    if ctx.world_size == 1:
-        return n_local
-    t = torch.tensor([float(n_local)], device=ctx.device)
-    return int(ctx.accelerator.reduce(t, reduction="sum").item())
-
-
-def _sync_grads_end(ctx: Any, params: list[torch.Tensor]) -> None:
-    """Sum LoRA gradients over ranks through accelerate (a rank with no pair this update contributes zeros)."""
-    if ctx.world_size == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.copy_(ctx.accelerator.reduce(p.grad, reduction="sum"))
-
-
-def _gather_pairs(ctx: Any, pairs: steppo.StepPairs, gen: torch.Generator,
-                  drop_remainder: bool) -> tuple[steppo.StepPairs, int]:
-    """All ranks' valid pairs, shuffled by a permutation every rank draws identically, then this rank's share.
-
-    No pair is dropped: rank r takes rows r, r+P, r+2P, ... of the permuted list (shares differ by at most one;
-    the official code drops N mod P). With ``drop_remainder`` the official behaviour is reproduced.
-    """
-    if ctx.world_size == 1:
-        perm = torch.randperm(len(pairs), generator=gen) if len(pairs) else torch.empty(0, dtype=torch.long)
-        return pairs.index(perm), len(pairs)
-    from accelerate.utils import gather_object
-
-    fields = list(pairs.__dataclass_fields__)
-    local = [{f: getattr(pairs, f)[i] for f in fields} for i in range(len(pairs))]
-    allp = gather_object(local)
-    if not allp:
-        return steppo.StepPairs.empty(ctx.bundle.latent_shape), 0
-    merged = steppo.StepPairs(*(torch.stack([row[f] for row in allp]) for f in fields))
-    perm = torch.randperm(len(merged), generator=gen)
-    p = ctx.world_size
-    if drop_remainder:
-        per = len(merged) // p
-        return merged.index(perm[ctx.rank * per : (ctx.rank + 1) * per]), per
-    return merged.index(perm[ctx.rank :: p]), math.ceil(len(merged) / p)
-
-
