@@ -38,6 +38,7 @@ class LRMConfig:
     timestep_stride: int = field(default=50, metadata={"help": "Grid stride (official 50: 20 points)"})
     mpcf_strategy: int = field(default=2, metadata={"help": "MPCF strategy 1-3 (2 = paper), 0 = no filtering"})
     train_text_encoder: bool = field(default=True, metadata={"help": "Train the text encoder(s) too (official)"})
+    train_unet: bool = field(default=True, metadata={"help": "Train the UNet trunk (official); False: heads only"})
     max_train_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs (None = all)"})
     max_val_pairs: int = field(default=512, metadata={"help": "Validation pairs per timestep"})
     encode_batch: int = field(default=64, metadata={"help": "VAE encode batch when caching latents"})
@@ -74,6 +75,8 @@ class LRMTrainer:
         if not self.cfg.train_text_encoder:
             for e in self.model.text_encoders:
                 e.requires_grad_(False)
+        if not self.cfg.train_unet:
+            self.model.unet.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.mean0, self.std0 = self._encode(train.images_tensor(0))
