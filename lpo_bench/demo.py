@@ -86,7 +86,7 @@ def run_demo(
                                 extra={"pairs": str(pairs_dir),
                                        **({"rm_overrides": QUICK_RM_SET[_RM[method]]} if quick and method in _RM else {})},
                                 eval_suite="toy-general",
-                                eval_every_gpu_s=None if quick else 30.0, eval_prompts=eval_prompts or (8 if quick else 64))
+                                eval_every_gpu_s=None if quick else 60.0, eval_prompts=8 if quick else 32)
             train_runs[method].append(stage(f"train {method} seed {s}", lambda o=opts: train_run(o, log=log)))
     eval_runs: list[Path] = []
     if _exists("lpo_bench.evaluation"):
@@ -96,8 +96,8 @@ def run_demo(
         for model in models:
             for suite in EVAL_SUITES:
                 eval_runs.append(stage(f"eval {Path(model).name} on {suite}", lambda m=model, su=suite: evaluation.eval_run(
-                    m, su, split="test", max_prompts=eval_prompts or (8 if quick else None),
-                    images_per_prompt=1 if quick else None, out_root=str(out_root), overwrite=overwrite)))
+                    m, su, split="test", max_prompts=eval_prompts or (8 if quick else 128),
+                    images_per_prompt=1 if quick else 2, out_root=str(out_root), overwrite=overwrite)))
     else:
         missing.append("evaluation")
     acc_runs: list[Path] = []

@@ -31,13 +31,19 @@ def make_pairs(
     overwrite: bool = False,
     num_inference_steps: int = 20,
     batch_size: int = 128,
+    images_per_prompt: int = 2,
     bundle: object | None = None,
     log: object = print,
 ) -> Path:
-    """Write ``out/{train,val,test}.parquet`` and ``out/pairs.json``; returns ``out``."""
+    """Write ``out/{train,val,test}.parquet`` and ``out/pairs.json``; returns ``out``.
+
+    With ``images_per_prompt`` k > 2 every prompt yields all k(k-1)/2 pairs of its images (Pick-a-Pic also
+    holds several pairs per prompt; ``num_example_per_prompt`` then weights each prompt once in the losses).
+    """
     import pandas as pd
     import torch
 
+    from lpo_bench.methods.lpo.mpcf import gap_columns
     from lpo_bench.pairs import encode_png
     from lpo_bench.prompts import toy_prompt_splits
     from lpo_bench.sampling import generate_images, sample_seed
@@ -61,8 +67,9 @@ def make_pairs(
         if len(prompts) < sizes[split]:
             raise HarnessError(f"the toy {split} split has {len(prompts)} prompts, fewer than the {sizes[split]} asked")
         n = len(prompts)
+        k_img = max(2, int(images_per_prompt))
         imgs = []
-        for j in (0, 1):
+        for j in range(k_img):
             gs = rng.choice(GUIDANCE_CHOICES, size=n)
             seeds = [sample_seed(seed * 10 + split_i, i, j) for i in range(n)]
             # one call per guidance value keeps batches homogeneous; per-image seeds keep images independent of it
@@ -75,31 +82,31 @@ def make_pairs(
                                                batch_size=batch_size)
             imgs.append(arr.permute(0, 2, 3, 1).numpy())
         specs = [world.parse_prompt(p) for p in prompts]
-        r0 = oracle.oracle_reward(imgs[0], specs)
-        r1 = oracle.oracle_reward(imgs[1], specs)
-        label_0 = oracle.label_pairs(r0, r1, rng)
-        s = {}
-        for j in (0, 1):
-            s[j] = {"aesthetic": metrics.aesthetic_score(imgs[j], specs), "clipscore": metrics.clip_like_score(imgs[j], specs),
-                    "vqascore": metrics.vqa_score(imgs[j], specs)}
-        from lpo_bench.methods.lpo.mpcf import gap_columns
-
-        gaps = gap_columns(s[0], s[1], label_0)
-        df = pd.DataFrame({
-            "caption": prompts,
-            "jpg_0": [encode_png(x) for x in imgs[0]],
-            "jpg_1": [encode_png(x) for x in imgs[1]],
-            "label_0": label_0.astype(np.float64),
-            "label_1": 1.0 - label_0.astype(np.float64),
-            "num_example_per_prompt": np.ones(n, dtype=np.int64),
-            **gaps,
-            "reward_0": r0, "reward_1": r1,
-            "family": [sp.family for sp in specs],
-        })
+        rewards = [oracle.oracle_reward(im, specs) for im in imgs]
+        scores = [{"aesthetic": metrics.aesthetic_score(im, specs), "clipscore": metrics.clip_like_score(im, specs),
+                   "vqascore": metrics.vqa_score(im, specs)} for im in imgs]
+        combos = [(a, b) for a in range(k_img) for b in range(a + 1, k_img)]
+        pngs = [[encode_png(x) for x in im] for im in imgs]
+        parts = []
+        for a, b in combos:
+            label_0 = oracle.label_pairs(rewards[a], rewards[b], rng)
+            parts.append(pd.DataFrame({
+                "caption": prompts,
+                "jpg_0": pngs[a],
+                "jpg_1": pngs[b],
+                "label_0": label_0.astype(np.float64),
+                "label_1": 1.0 - label_0.astype(np.float64),
+                "num_example_per_prompt": np.full(n, len(combos), dtype=np.int64),
+                **gap_columns(scores[a], scores[b], label_0),
+                "reward_0": rewards[a], "reward_1": rewards[b],
+                "family": [sp.family for sp in specs],
+            }))
+        df = pd.concat(parts, ignore_index=True)
+        label_all = df["label_0"].to_numpy()
         records.atomic_write_parquet(out / f"{split}.parquet", df)
-        meta["counts"][split] = {"pairs": n, "ties": int((label_0 == 0.5).sum()),
-                                 "mean_reward": float(np.concatenate([r0, r1]).mean())}
-        log(f"[toy pairs] {split}: {n} pairs, {meta['counts'][split]['ties']} ties")
+        meta["counts"][split] = {"prompts": n, "images_per_prompt": k_img, "pairs": len(df),
+                                 "ties": int((label_all == 0.5).sum()), "mean_reward": float(np.mean(rewards))}
+        log(f"[toy pairs] {split}: {len(df)} pairs from {n} prompts, {meta['counts'][split]['ties']} ties")
     records.atomic_write_json(out / "pairs.json", meta)
     (out / "README.txt").write_text(__doc__ or "")
     return out
