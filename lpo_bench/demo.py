@@ -30,7 +30,8 @@ QUICK_SET = {
 }
 _RM = {"lpo": "lrm", "spo": "spm"}
 QUICK_RM_SET = {"lrm": {"max_updates": 2, "batch_pairs": 4, "max_val_pairs": 8, "warmup_updates": 1},
-                "spm": {"max_updates": 2, "batch_pairs": 4, "max_val_pairs": 8, "warmup_updates": 1}}
+                "spm": {"max_updates": 2, "clean_warmup_updates": 1, "batch_pairs": 4, "max_val_pairs": 8,
+                        "warmup_updates": 1}}
 
 
 def _exists(target: str) -> bool:

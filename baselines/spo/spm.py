@@ -116,20 +116,33 @@ class StepAwarePreferenceModel(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def tiny(cls, tokenizer: Any, *, image_size: int = 32, hidden: int = 64, layers: int = 3, patch_size: int = 4,
-             seed: int = 0, guidance_scale: float = 5.0) -> StepAwarePreferenceModel:
-        """A small random CLIP base (toy world, tests): text and vision width ``hidden``, ``layers`` each."""
+             seed: int = 0, guidance_scale: float = 5.0, text_encoder: Any = None) -> StepAwarePreferenceModel:
+        """A small CLIP base (toy world, tests): a random ViT (width ``hidden``, ``layers`` blocks) and a text
+        tower that is a copy of ``text_encoder`` (a ``CLIPTextModel``, e.g. the backbone's: the analogue of
+        CLIP's pretrained text tower) or, without one, a random one of the same width and depth."""
         from transformers import CLIPConfig, CLIPModel
 
-        text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
-                    num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id)
+        if text_encoder is not None:
+            text = text_encoder.config.to_dict()
+        else:
+            text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                        num_hidden_layers=layers, num_attention_heads=4,
+                        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         vision = dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                       num_attention_heads=4, image_size=image_size, patch_size=patch_size)
-        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
+        # logit scale starts at PickScore's (100, not CLIP's 1/0.07), so score gaps and SPO's fixed threshold
+        # on p_w - p_l = tanh(gap / 2) mean the same as with the real SPM
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden,
+                            logit_scale_init_value=math.log(100.0))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(CLIPModel(config).eval(), tokenizer, base="tiny-clip", base_checkpoint=f"tiny-clip/seed{seed}",
+            clip = CLIPModel(config).eval()
+            if text_encoder is not None:
+                clip.text_model.load_state_dict(text_encoder.state_dict(), strict=True)
+                clip.text_model.float()
+            what = "backbone-text" if text_encoder is not None else "random-text"
+            return cls(clip, tokenizer, base="tiny-clip", base_checkpoint=f"tiny-clip/{what}/seed{seed}",
                        guidance_scale=guidance_scale)
 
     @classmethod

@@ -39,6 +39,8 @@ class SPMConfig:
     tiny_hidden: int = field(default=64, metadata={"help": "tiny-clip: width of both towers"})
     tiny_layers: int = field(default=3, metadata={"help": "tiny-clip: transformer layers per tower"})
     tiny_patch_size: int = field(default=4, metadata={"help": "tiny-clip: ViT patch size"})
+    tiny_text_from_backbone: bool = field(default=True, metadata={
+        "help": "tiny-clip: start the text tower from the backbone's (first) text encoder instead of random"})
     lr: float = field(default=3e-6, metadata={"help": "AdamW peak learning rate (official 3e-6 SD1.5, 1e-6 SDXL)"})
     weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay (official 0.3)"})
     warmup_updates: int = field(default=500, metadata={"help": "Linear warmup updates (official 500)"})
@@ -97,7 +99,9 @@ class SPMTrainer:
             model = StepAwarePreferenceModel.tiny(bundle.tokenizers[0], image_size=cfg.tiny_image_size,
                                                   hidden=cfg.tiny_hidden, layers=cfg.tiny_layers,
                                                   patch_size=cfg.tiny_patch_size, seed=ctx.seed,
-                                                  guidance_scale=cfg.guidance_scale)
+                                                  guidance_scale=cfg.guidance_scale,
+                                                  text_encoder=bundle.text_encoders[0] if cfg.tiny_text_from_backbone
+                                                  else None)
         self.model = model.to(bundle.device).attach(bundle)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
