@@ -16,7 +16,6 @@ from lpo_bench.baselines.diffusion_dpo.losses import (
 )
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models run fastest on one thread; two threads on a shared, busy 2-core box are ~20x slower."""

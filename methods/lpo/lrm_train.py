@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from lpo_bench.methods.lpo.lrm import LatentRewardModel
-from lpo_bench.methods.lpo.mpcf import mpcf_keep
 
 from lpo_bench import stats
 from lpo_bench.errors import HarnessError
+from lpo_bench.methods.lpo.lrm import LatentRewardModel
+from lpo_bench.methods.lpo.mpcf import mpcf_keep
 from lpo_bench.pairs import GAP_COLUMNS, PairSet, load_pairs
 from lpo_bench.reward_math import pair_ce_loss, warmup_linear_decay
 from lpo_bench.sampling import purpose_generator, seeded_init

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from lpo_bench.methods.lpo.lrm import LatentRewardModel
 
 from lpo_bench import lora, steppo, steps
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
+from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.prompts import training_prompts
 from lpo_bench.sampling import purpose_generator, seeded_init
 
@@ -265,9 +265,8 @@ def _encode_in_chunks(fn: Any, prompts: list[str], chunk: int = 256) -> Any:
 
 
 def _lrm_text_chunks(lrm: LatentRewardModel, prompts: list[str], chunk: int = 256) -> Any:
-    from lpo_bench.methods.lpo.lrm import LRMText
-
     from lpo_bench.bundle import PromptEmbeds
+    from lpo_bench.methods.lpo.lrm import LRMText
 
     parts = [lrm.encode_text(prompts[s : s + chunk]) for s in range(0, len(prompts), chunk)]
     return LRMText(PromptEmbeds.cat([p.embeds for p in parts]), torch.cat([p.feature for p in parts]))
