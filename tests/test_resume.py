@@ -115,3 +115,30 @@ def test_sigkill_subprocess_then_resume(tiny_pairs, tmp_path, reference_run):
     # same counted hours as the uninterrupted run, within the time lost since the last checkpoint
     # (machines differ in speed run to run, so compare against a generous bound, not a timing)
     assert _counted(run_dir) <= _counted(reference_run) * 3 + lost / 3600
+
+
+def test_reward_model_run_resumes_bitwise(tiny_pairs, tmp_path, monkeypatch):
+    """`train-reward` interrupted mid-way and resumed gives the same LRM as an uninterrupted run."""
+    from lpo_bench import reward_training
+    from lpo_bench.reward_training import RewardOptions
+
+    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: testing.tiny_bundle("sd15", seed=0))
+    over = {"max_updates": "4", "batch_pairs": "4", "warmup_updates": "1", "max_val_pairs": "4",
+            "timestep_stride": "475"}
+
+    def opts(root, **kw):
+        return RewardOptions(kind="lrm", backbone="sd15", pairs=str(tiny_pairs), out_root=str(root),
+                             overrides=dict(over), checkpoint_every_updates=1, **kw)
+
+    ref = reward_training.train_reward_run(opts(tmp_path / "ref"), log=lambda *_: None)
+    part = reward_training.train_reward_run(opts(tmp_path / "cut", stop_after_updates=2), log=lambda *_: None)
+    assert not records.is_done(part)
+    done = reward_training.train_reward_run(opts(tmp_path / "cut", resume=True), log=lambda *_: None)
+    assert records.is_done(done)
+    a = load_file(str(ref / "model" / "heads.safetensors"))
+    b = load_file(str(done / "model" / "heads.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ua = load_file(str(ref / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ub = load_file(str(done / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(ua[k], ub[k]) for k in ua)
