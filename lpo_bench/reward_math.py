@@ -8,6 +8,13 @@ import torch
 import torch.nn.functional as F
 
 
+def pair_ce_per_pair(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor) -> torch.Tensor:
+    """Per-pair PickScore cross-entropy [b] (see ``pair_ce_loss``; not yet weighted or averaged)."""
+    logp = F.log_softmax(torch.stack([s0, s1], dim=-1), dim=-1)
+    l0 = label_0.to(logp)
+    return -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
+
+
 def pair_ce_loss(
     s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -18,10 +25,8 @@ def pair_ce_loss(
     weights w_n (e.g. 1/num_examples_per_prompt) are normalised to sum 1 (uniform when None).
     For a win/lose pair ℓ_n = -log σ(s_w - s_l); an ideal tie (s0 = s1) costs 0.
     """
-    logp = F.log_softmax(torch.stack([s0, s1], dim=-1), dim=-1)
-    l0 = label_0.to(logp)
-    per = -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
-    w = torch.ones_like(per) if weight is None else weight.to(logp)
+    per = pair_ce_per_pair(s0, s1, label_0)
+    w = torch.ones_like(per) if weight is None else weight.to(per)
     return (per * w).sum() / w.sum()
 
 

@@ -137,7 +137,7 @@ class SPO:
         self.last_round_logs = logs
         self.rounds += 1
         with self.ctx.ledger.phase(Phase.SAMPLE):
-            return _gather_pairs(self.ctx, pairs, self.gen_order)
+            return steppo.gather_step_pairs(self.ctx, pairs, self.gen_order)
 
     def _exhausted(self) -> bool:
         return self.epoch >= self.cfg.epochs and len(self.order) == 0
@@ -163,7 +163,7 @@ class SPO:
     def _update(self, batch: steppo.StepPairs) -> dict[str, float]:
         ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
         self.opt.zero_grad(set_to_none=True)
-        n_global = _global_count(ctx, len(batch))
+        n_global = steppo.global_pair_count(ctx, len(batch))
         sums = {"loss": 0.0, "implicit_acc": 0.0, "ratio_w": 0.0, "ratio_l": 0.0, "clipped": 0.0}
         cfg_mult = 2 if cfg.guidance_scale != 1 else 1
         bundle.unet.train()
@@ -187,7 +187,7 @@ class SPO:
                 sums["ratio_l"] += float(lr_l.exp().sum())
                 sums["clipped"] += float(((lr_w < lo) | (lr_w > hi)).float().sum() + ((lr_l < lo) | (lr_l > hi)).float().sum()) / 2
         bundle.unet.eval()
-        _sum_grads_over_ranks(ctx, self.params)
+        steppo.sum_grads_over_ranks(ctx, self.params)
         if cfg.grad_clip_norm > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
         else:
@@ -214,7 +214,7 @@ class SPO:
     def state_dict(self) -> dict[str, Any]:
         buf = None if self.buffer is None else {f: getattr(self.buffer, f).clone() for f in self.buffer.__dataclass_fields__}
         return {
-            "lora": {k: v.detach().clone() for k, v in _lora_state(self.ctx.bundle.unet).items()},
+            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
             "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
             "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch, "buffer": buf,
             "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
@@ -222,7 +222,7 @@ class SPO:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unet = self.ctx.bundle.unet
-        if set(state["lora"]) != set(_lora_state(unet)):
+        if set(state["lora"]) != set(lora.lora_state(unet)):
             raise HarnessError("the checkpoint's LoRA does not match this model (different rank or targets?); "
                                "rerun with --overwrite")
         with torch.no_grad():
@@ -236,43 +236,3 @@ class SPO:
         self.buffer = None if state["buffer"] is None else steppo.StepPairs(**state["buffer"])
         self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
         self.updates_left = int(state["updates_left"])
-
-
-def _lora_state(unet: Any) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in unet.named_parameters() if "lora_" in k}
-
-
-def _global_count(ctx: Any, n_local: int) -> int:
-    """Pairs in this update over all ranks."""
-    if ctx.world_size == 1:
-        return n_local
-    t = torch.tensor([float(n_local)], device=ctx.device)
-    return int(ctx.accelerator.reduce(t, reduction="sum").item())
-
-
-def _sum_grads_over_ranks(ctx: Any, params: list[torch.Tensor]) -> None:
-    """All-reduce (sum) the LoRA gradients; a rank without pairs in this update contributes zeros."""
-    if ctx.world_size == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.copy_(ctx.accelerator.reduce(p.grad, reduction="sum"))
-
-
-def _gather_pairs(ctx: Any, pairs: steppo.StepPairs, gen: torch.Generator) -> tuple[steppo.StepPairs, int]:
-    """All ranks' valid pairs, shuffled by a permutation that every rank draws identically from the
-    shared ``gen`` (equivalent to broadcasting it), then this rank's share: rows r, r+P, r+2P, ... No
-    pair is dropped; shares differ by at most one. Returns (share, largest share over ranks)."""
-    if ctx.world_size == 1:
-        perm = torch.randperm(len(pairs), generator=gen) if len(pairs) else torch.empty(0, dtype=torch.long)
-        return pairs.index(perm), len(pairs)
-    from accelerate.utils import gather_object
-
-    fields = list(pairs.__dataclass_fields__)
-    allp = gather_object([{f: getattr(pairs, f)[i] for f in fields} for i in range(len(pairs))])
-    if not allp:
-        return steppo.StepPairs.empty(ctx.bundle.latent_shape), 0
-    merged = steppo.StepPairs(*(torch.stack([row[f] for row in allp]) for f in fields))
-    perm = torch.randperm(len(merged), generator=gen)
-    return merged.index(perm[ctx.rank :: ctx.world_size]), math.ceil(len(merged) / ctx.world_size)

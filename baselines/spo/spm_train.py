@@ -16,18 +16,17 @@ Counters per update: ``unet_fwd`` (4 per pair: 2 images × CFG), ``vae_decode`` 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 
 from lpo_bench import stats
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, predicted_clean_images
 from lpo_bench.errors import HarnessError
 from lpo_bench.pairs import load_pairs
+from lpo_bench.reward_math import pair_ce_per_pair, warmup_linear_decay
 from lpo_bench.sampling import purpose_generator
 
 
@@ -61,23 +60,13 @@ class SPMConfig:
     encode_batch: int = field(default=32, metadata={"help": "VAE encode batch when caching latents"})
 
 
-def pickscore_pair_loss(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor) -> torch.Tensor:
-    """PickScore cross-entropy per pair [b] (baselines.md §2.2). s0, s1, label_0: [b].
-
-    ℓ = -(ℓ0·log p0 + (1-ℓ0)·log p1) + 1[ℓ0 = ½]·log ½ with (p0, p1) = softmax(s0, s1). For a decided
-    pair this is -log σ(s_w - s_l); an exact tie with s0 = s1 costs 0.
-    """
-    logp = F.log_softmax(torch.stack([s0, s1], dim=-1), dim=-1)
-    l0 = label_0.to(logp)
-    return -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
+# PickScore's cross-entropy per pair (baselines.md §2.2) is the LRM's too: one implementation serves both.
+pickscore_pair_loss = pair_ce_per_pair
 
 
 def lr_at(step: int, cfg: SPMConfig) -> float:
     """Linear warmup to cfg.lr, then linear decay reaching 0 at lr_decay_updates (counted in noisy updates)."""
-    if step < cfg.warmup_updates:
-        return cfg.lr * (step + 1) / cfg.warmup_updates
-    span = max(cfg.lr_decay_updates - cfg.warmup_updates, 1)
-    return cfg.lr * max(0.0, (cfg.lr_decay_updates - step) / span)
+    return warmup_linear_decay(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.lr_decay_updates)
 
 
 class SPMTrainer:
