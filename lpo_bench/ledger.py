@@ -68,8 +68,10 @@ class Ledger:
         self.write = write
         self.totals: dict[Phase, float] = {p: 0.0 for p in Phase}
         self.lost_s = 0.0
-        self.session_s = 0.0  # seconds flushed by this process (the identity is checked per session)
-        self.paused_s = 0.0  # the ledger's own row writes: clock paused, reported as paused time
+        self.paused_s = 0.0  # the ledger's own work (cross-rank max, row writes): clock paused
+        # this process's own phase seconds before the max over ranks: the wall-time identity holds per rank
+        # (a sum of per-row maxima over ranks can exceed any one rank's wall time)
+        self.local_s = 0.0
         self.counts: dict[str, float] = {}
         self._stack: list[Phase] = []
         self._pending: dict[Phase, float] = {}
@@ -129,17 +131,17 @@ class Ledger:
     # ---------------------------------------------------------------- rows
     def _flush(self, row: dict[str, Any]) -> None:
         phases = [self._pending.get(p, 0.0) for p in Phase]
+        self.local_s += sum(phases)
+        t0 = self.clock()  # from here on the clock is paused: the cross-rank max and the row write
         if self.reduce_max is not None:
             phases = self.reduce_max(phases)
         seconds = {p.value: s for p, s in zip(Phase, phases) if s > 0}
         for p, s in zip(Phase, phases):
             self.totals[p] += s
-        self.session_s += sum(phases)
         self._pending = {}
         row = {**row, "seconds": seconds, "wall_s": sum(seconds.values())}
         if self.counts:
             row["counts"], self.counts = dict(self.counts), {}
-        t0 = self.clock()
         self._append(row)
         self.paused_s += self.clock() - t0
 

@@ -179,7 +179,7 @@ def train_reward_run(opts: RewardOptions, *, log: Any = print) -> Path:
         save_ckpt(step)
         trainer.save(run_dir / "model")
     wall_s = ledger.now() - wall_start
-    residual = check_identity(ledger.session_s, ledger.paused_s, wall_s)
+    residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
     summary = ledger.summary()
     info = {"run_id": run_id, "kind": "reward", "reward_kind": opts.kind, "backbone": opts.backbone,
             "backbone_provenance": bundle.provenance, "seed": opts.seed, "config": config_dict(cfg),

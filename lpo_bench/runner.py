@@ -257,7 +257,7 @@ def train_run(opts: TrainOptions, *, clock: Any = time.perf_counter, log: Any = 
     # Identity per session: a resumed run's earlier sessions were checked when they ran. Paused time is
     # the ledger's own row writes; everything else the runner does happens inside a phase.
     wall_s = ledger.now() - wall_start
-    residual = check_identity(ledger.session_s, ledger.paused_s, wall_s)
+    residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
     summary = ledger.summary()
     cost_rows = [
         {"kind": "train_cost", "metric": "gpu_h_counted", "value": summary["gpu_h_counted"]},

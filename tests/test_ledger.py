@@ -45,7 +45,7 @@ def test_phases_nest_and_unclaimed_step_time_goes_to_update(tmp_path):
     assert tot["EVAL"] == pytest.approx(4.0)
     wall = led.now() - start
     assert wall == pytest.approx(16.75)
-    assert check_identity(led.session_s, 0.0, wall) == pytest.approx(0.0)
+    assert check_identity(led.local_s, led.paused_s, wall) == pytest.approx(0.0)
     assert led.counted_s() == pytest.approx(4.75)  # SAMPLE + SCORE + UPDATE (+ PREP)
     assert led.gpu_h(COUNTED) == pytest.approx(4.75 / 3600)
     rows = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]

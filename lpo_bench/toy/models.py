@@ -275,6 +275,11 @@ def weights_sha256(root: str | Path) -> dict[str, str]:
     return {k: file_sha256(Path(root) / rel) for k, rel in WEIGHT_FILES.items()}
 
 
+def combined_sha256(shas: dict[str, str]) -> str:
+    """One digest for a set of weights files: sha256 of the sorted "name:sha256" lines."""
+    return hashlib.sha256("".join(f"{k}:{shas[k]}\n" for k in sorted(shas)).encode()).hexdigest()
+
+
 def load_toy_components(root: str | Path) -> tuple[Any, Any, Any]:
     """(unet, vae, text_encoder) from a pretrain output directory, loaded strictly (fp32, CPU)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -321,7 +326,6 @@ def load_toy_bundle(
     unet, vae, text_encoder = load_toy_components(root)
     tokenizer = load_toy_tokenizer()
     shas = weights_sha256(root)
-    combined = hashlib.sha256("".join(f"{k}:{shas[k]}\n" for k in sorted(shas)).encode()).hexdigest()
     for m in (unet, vae, text_encoder):
         m.to(device) if dtype == "fp32" else m.to(device=device, dtype=_DTYPES[dtype])
         m.requires_grad_(False)
@@ -337,7 +341,7 @@ def load_toy_bundle(
         provenance={
             "backbone_id": TOY_BACKBONE_ID,
             "backbone_revision": TOY_MODEL_VERSION,
-            "weights_sha256": combined,
+            "weights_sha256": combined_sha256(shas),
             "weights_files_sha256": shas,
             "weights_path": str(root),
             "dtype": dtype,

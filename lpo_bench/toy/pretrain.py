@@ -2,9 +2,8 @@
 
 Stage 1 trains the VAE on rendered images (L1 + MSE reconstruction, tiny KL) and sets
 ``scaling_factor`` to 1/std of the latents. Stage 2 freezes the VAE and trains the text encoder
-and UNet jointly with epsilon-prediction MSE over t ~ U{0..999} (Min-SNR-5 weighted, which
-converges several times faster at this tiny budget), dropping 10% of captions to "" so
-classifier-free guidance works. Training pairs come from ``world.sample_training_batch`` (30%
+and UNet jointly with epsilon-prediction MSE over t ~ U{0..999} (Min-SNR-5 weighted, Hang et
+al. 2023), dropping 10% of captions to "" so classifier-free guidance works. Training pairs come from ``world.sample_training_batch`` (30%
 of them defective, like noisy web captions), so the model is good but imperfect. The pairs are
 rendered once into a pool and mirrored (with "left"/"right" swapped in the prompt).
 
@@ -12,7 +11,8 @@ Determinism: step counts (not wall time) end each stage; fixed thread count, det
 algorithms, and one generator per purpose (data, noise, timesteps, dropout, posterior samples).
 Same seed -> bitwise identical weights on the same software stack.
 
-Usage: ``python -m lpo_bench.toy.pretrain OUT_DIR [--seed 0]`` (defaults are what ships).
+Usage: ``python -m lpo_bench.toy.pretrain OUT_DIR [--seed 0]`` or ``lpo-bench toy pretrain --out OUT_DIR``.
+The shipped weights record how they were made in ``assets/base/pretrain_report.json``.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from lpo_bench.toy.models import (
     TOY_MODEL_VERSION,
     WEIGHT_FILES,
     build_toy_components,
+    combined_sha256,
     num_params,
 )
 
 STEPS_VAE = 400
-STEPS_UNET = 3000
+STEPS_UNET = 2400
 BATCH_SIZE = 64
 POOL_IMAGES = 24000  # rendered once (~0.6 ms per image); mirroring doubles it
 LR_VAE = 2e-3
@@ -48,7 +49,7 @@ MIN_SNR_GAMMA = 5.0
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 DEFECT_PROB = 0.3
-NUM_THREADS = 2
+NUM_THREADS = 1  # one intra-op thread: reproducible, and immune to oversubscription on shared machines
 _FLIP_WORDS = {"left": "right", "right": "left"}
 
 
@@ -112,7 +113,7 @@ def _train_vae(
     vae: Any, images: torch.Tensor, steps: int, batch_size: int, seed: int, log: Callable[[str], None]
 ) -> dict[str, float]:
     gen_post = _gen(seed, "vae-posterior")
-    opt = torch.optim.AdamW(vae.parameters(), lr=LR_VAE, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=LR_VAE, weight_decay=0.0, foreach=True)
     vae.train()
     rec = kl = float("nan")
     for step, idx in enumerate(_batches(len(images), batch_size, steps, _gen(seed, "vae-order"))):
@@ -159,7 +160,7 @@ def _train_unet(
     ids_all, ids_empty = tokenize(texts), tokenize([""])
     g_post, g_noise, g_t, g_drop = (_gen(seed, p) for p in ("unet-posterior", "noise", "timesteps", "dropout"))
     params = [*unet.parameters(), *text_encoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=LR_UNET, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=LR_UNET, weight_decay=1e-2, foreach=True)
     unet.train()
     text_encoder.train()
     alphas = scheduler.alphas_cumprod.float()
@@ -214,7 +215,8 @@ def pretrain(
     Step counts and ``num_threads`` fix the work, so the result is deterministic (bitwise for the
     same seed, thread count and software stack); ``budget_minutes`` only triggers a
     warning in the log when the measured pace would exceed it. Returns the report also written to
-    ``out_dir/pretrain_report.json`` (steps, losses, seed, wall time, sha256 per weights file).
+    ``out_dir/pretrain_report.json`` (steps, losses, seed, wall time, sha256 per weights file and
+    ``sha256``, the combined digest that ``load_toy_bundle`` records as ``weights_sha256``).
     """
     out = Path(out_dir)
     batch_vae = batch_size
@@ -248,6 +250,7 @@ def pretrain(
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det)
     wall = time.time() - t0
+    shas = {k: hashlib.sha256((out / rel).read_bytes()).hexdigest() for k, rel in WEIGHT_FILES.items()}
     report = {
         "model_version": TOY_MODEL_VERSION,
         "seed": seed,
@@ -269,7 +272,8 @@ def pretrain(
         **unet_stats,
         "params": {"unet": num_params(unet), "vae": num_params(vae), "text_encoder": num_params(text_encoder)},
         "wall_time_s": {"render": round(t_pool, 1), "vae": round(t_vae, 1), "total": round(wall, 1)},
-        "weights_sha256": {rel: hashlib.sha256((out / rel).read_bytes()).hexdigest() for rel in WEIGHT_FILES.values()},
+        "weights_sha256": shas,
+        "sha256": combined_sha256(shas),
     }
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=1) + "\n")
     log(f"toy pretrain done in {wall / 60:.1f} min -> {out}")
