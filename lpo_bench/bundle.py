@@ -209,6 +209,23 @@ class ModelBundle:
         dist = self.vae.encode(x).latent_dist
         return dist.sample(generator=generator) * self.scaling_factor
 
+    @torch.no_grad()
+    def encode_posterior(
+        self, images: torch.Tensor, batch_size: int = 64, store_dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) of images [n,3,H,W] in [0,1], unscaled, on the CPU, in batches.
+
+        Trainers cache these once and draw ``(mean + std * z) * scaling_factor`` per step, as the official
+        code samples ``latent_dist`` each time.
+        """
+        means, stds = [], []
+        for s in range(0, len(images), batch_size):
+            x = images[s : s + batch_size].to(self.device, self.vae.dtype) * 2 - 1
+            d = self.vae.encode(x).latent_dist
+            means.append(d.mean.to("cpu", store_dtype))
+            stds.append(d.std.to("cpu", store_dtype))
+        return torch.cat(means), torch.cat(stds)
+
     # ------------------------------------------------------------------ schedulers
     def ddim_scheduler(self, num_inference_steps: int) -> Any:
         """A fresh DDIMScheduler on the training schedule, SD-style ("leading", offset 1), steps set."""

@@ -114,18 +114,10 @@ class DiffusionDPO:
             self.cache["w_flip"] = self._encode(img_w.flip(-1))
             self.cache["l_flip"] = self._encode(img_l.flip(-1))
 
-    @torch.no_grad()
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bundle = self.ctx.bundle
         store = torch.float16 if self.cfg.latent_cache_dtype == "fp16" else torch.float32
-        means, stds = [], []
-        for s in range(0, len(images), self.cfg.encode_batch):
-            x = images[s : s + self.cfg.encode_batch].to(bundle.device, bundle.vae.dtype) * 2 - 1
-            d = bundle.vae.encode(x).latent_dist
-            means.append(d.mean.to("cpu", store))
-            stds.append(d.std.to("cpu", store))
-            self.ctx.ledger.count("vae_encode", len(x))
-        return torch.cat(means), torch.cat(stds)
+        self.ctx.ledger.count("vae_encode", len(images))
+        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch, store)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg

@@ -102,17 +102,9 @@ class SPMTrainer:
         ctx.log(f"[spm] base {model.base_checkpoint}; {len(self.train)} training pairs, {len(self.val)} validation "
                 f"pairs; {cfg.clean_warmup_updates} clean + {cfg.max_updates} noisy updates")
 
-    @torch.no_grad()
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.ctx.bundle
-        means, stds = [], []
-        for s in range(0, len(images), self.cfg.encode_batch):
-            x = images[s : s + self.cfg.encode_batch].to(b.device, b.vae.dtype) * 2 - 1
-            d = b.vae.encode(x).latent_dist
-            means.append(d.mean.float().cpu())
-            stds.append(d.std.float().cpu())
-            self.ctx.ledger.count("vae_encode", len(x))
-        return torch.cat(means), torch.cat(stds)
+        self.ctx.ledger.count("vae_encode", len(images))
+        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
 
     def _noisy_images(self, idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded CFG x̂0 of both images of each pair, noised with one shared ε at t."""

@@ -100,16 +100,8 @@ class LRMTrainer:
             raise HarnessError(f"MPCF strategy {self.cfg.mpcf_strategy} kept no pairs of {pairs.source}; try another")
         return pairs.subset(np.nonzero(keep)[0])
 
-    @torch.no_grad()
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.ctx.bundle
-        means, stds = [], []
-        for s in range(0, len(images), self.cfg.encode_batch):
-            x = images[s : s + self.cfg.encode_batch].to(b.device, b.vae.dtype) * 2 - 1
-            d = b.vae.encode(x).latent_dist
-            means.append(d.mean.float().cpu())
-            stds.append(d.std.float().cpu())
-        return torch.cat(means), torch.cat(stds)
+        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
 
     def _latents(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         z = torch.randn(mean.shape, generator=self.gen)
