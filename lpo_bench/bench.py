@@ -288,10 +288,12 @@ def step_components(
     num_inference_steps: int = 20,
     timestep: int = 501,
     info: dict[str, Any] | None = None,
+    keep_models: bool = False,
 ) -> Iterator[Component]:
     """The components of one sampling step with K candidates for one prompt, in pipeline order, as
     (name, call, unit evaluations). Each call leaves its output for the next. Reward models are built just
-    before their component and dropped after it (peak memory at full size). ``info`` receives labels."""
+    before their component and, unless ``keep_models`` (all calls stay usable after the generator ends, for
+    interleaved timing), dropped after it (peak memory at full size). ``info`` receives labels."""
     from lpo_bench import steps
 
     k, info = num_candidates, info if info is not None else {}
@@ -327,8 +329,9 @@ def step_components(
                                  f"VFE gs {lrm.guidance_scale:g}: trunk on cond + uncond)")
         yield ("lrm_reward", lambda: lrm.score(state["cands"], t_lrm, text, un),
                {"reward_fwd": k, "lrm_trunk_fwd": k * (2 if lrm.guidance_scale != 1 else 1)})
-        del lrm, text, un
-        gc.collect()
+        if not keep_models:
+            del lrm, text, un
+            gc.collect()
     if "spo" in methods:
         def x0_pred() -> None:
             eps = bundle.guided_eps(state["cands"], t_child, cond_k, uncond_k, guidance_scale)
@@ -336,7 +339,6 @@ def step_components(
 
         yield "x0_pred", x0_pred, {"unet_fwd": k * cfg_mult}
         yield "vae_decode", lambda: state.__setitem__("images", bundle.decode(state["x0"])), {"vae_decode": k}
-        state.pop("x0")
         spm, label = make_spm(bundle, full_size=full_size)
         info["labels"]["spm"] = f"{label} ({_count_params(spm) / 1e6:.4g} M params)"
         info["spm_attention"] = getattr(spm.clip.config, "_attn_implementation", None)
@@ -346,8 +348,9 @@ def step_components(
             with torch.inference_mode():
                 spm_text = spm.text_features([BENCH_PROMPT]).repeat(k, 1)  # cached per prompt, as SPO does
         yield "spm_reward", lambda: spm.score_images(state["images"], t_child, spm_text), {"reward_fwd": k}
-        del spm
-        gc.collect()
+        if not keep_models:
+            del spm
+            gc.collect()
 
 
 def sampling_step_flops(backbone: str, methods: Sequence[str], *, random_weights: bool,
@@ -380,43 +383,86 @@ def sampling_step_costs(
     timestep: int = 501,
     autocast_dtype: str | None = None,
     compile: bool = False,
+    interleave: bool = True,
     flops: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Per-component seconds of one sampling step (Tab. 5 unit), LPO and SPO totals and their ratio."""
+    """Per-component seconds of one sampling step (Tab. 5 unit), LPO and SPO totals and their ratio.
+
+    ``interleave`` (default): all components are built first and each round runs the whole step once, in
+    pipeline order, so a change of machine load hits LPO's and SPO's components alike; totals and the
+    SPO/LPO ratio are computed per round and their medians reported. Otherwise each component is timed
+    ``repeats`` times in a row and its model dropped before the next is built (lower peak memory: full-size
+    SDXL on a 24 GiB CPU host); the ratio is then that of the summed component medians.
+    """
     dev = str(bundle.device)
     sync = _sync_fn(dev)
     info: dict[str, Any] = {}
     comps: dict[str, dict[str, Any]] = {}
-    for name, fn, evals in step_components(bundle, methods, full_size=full_size, num_candidates=num_candidates,
-                                           guidance_scale=guidance_scale, timestep=timestep, info=info):
+
+    def timed(fn: Callable[[], Any]) -> Callable[[], None]:
         call = torch.compile(fn) if compile else fn
 
-        def run(call: Callable[[], Any] = call) -> None:
+        def run() -> None:
             with torch.inference_mode(), _autocast(dev, autocast_dtype):
                 call()
 
-        log(f"[bench] sampling step: {name} ...")
-        samples = time_call(run, repeats=repeats, warmup=warmup, sync=sync)
-        comps[name] = {"median_s": _median(samples), "samples_s": samples, "evals": evals}
-        if flops:
-            comps[name]["tflop"] = flops[name]
-        log(f"[bench]   {name}: {_median(samples):.4f} s")
+        return run
+
+    gen = step_components(bundle, methods, full_size=full_size, num_candidates=num_candidates,
+                          guidance_scale=guidance_scale, timestep=timestep, info=info, keep_models=interleave)
+    if interleave:
+        built = [(name, timed(fn), evals) for name, fn, evals in gen]
+        for _ in range(warmup):
+            for _, run, _ in built:
+                run()
+        samples: dict[str, list[float]] = {name: [] for name, _, _ in built}
+        for r in range(repeats):
+            for name, run, _ in built:
+                samples[name] += time_call(run, repeats=1, warmup=0, sync=sync)
+            log(f"[bench] sampling step round {r + 1}/{repeats}: "
+                + ", ".join(f"{n} {v[-1]:.4f} s" for n, v in samples.items()))
+        for name, _, evals in built:
+            comps[name] = {"median_s": _median(samples[name]), "samples_s": samples[name], "evals": evals}
+    else:
+        for name, fn, evals in gen:
+            log(f"[bench] sampling step: {name} ...")
+            xs = time_call(timed(fn), repeats=repeats, warmup=warmup, sync=sync)
+            comps[name] = {"median_s": _median(xs), "samples_s": xs, "evals": evals}
+            log(f"[bench]   {name}: {_median(xs):.4f} s")
+    if flops:
+        for name, c in comps.items():
+            c["tflop"] = flops[name]
     k = num_candidates
     out: dict[str, Any] = {"num_candidates": k, "prompts": 1, "timestep": timestep,
                            "child_timestep": info["child_timestep"], "guidance_scale": guidance_scale,
-                           "repeats": repeats, "warmup": warmup, "components": comps, "labels": info["labels"],
-                           "attention": attention_report(bundle, info.get("spm_attention"))}
-    for unit, key in (("s", "median_s"), ("tflop", "tflop")):
+                           "repeats": repeats, "warmup": warmup, "interleaved": interleave, "components": comps,
+                           "labels": info["labels"], "attention": attention_report(bundle, info.get("spm_attention"))}
+    lpo_parts = ("denoise", "lrm_reward") if "lrm_reward" in comps else ()
+    spo_parts = ("denoise", "x0_pred", "vae_decode", "spm_reward") if "spm_reward" in comps else ()
+    if interleave:  # per-round totals: seconds measured close together are compared with each other
+        totals = {m: [sum(comps[c]["samples_s"][r] for c in parts) for r in range(repeats)]
+                  for m, parts in (("lpo", lpo_parts), ("spo", spo_parts)) if parts}
+        for m, xs in totals.items():
+            out[f"{m}_total_s"], out[f"{m}_total_samples_s"] = _median(xs), xs
+        if "spo" in totals:
+            eff = [s - comps["denoise"]["samples_s"][r] for r, s in enumerate(totals["spo"])]
+            out["spo_effective_s"] = _median(eff)
+        if len(totals) == 2:
+            rounds = [s / lp for s, lp in zip(totals["spo"], totals["lpo"], strict=True)]
+            out["ratio_spo_over_lpo_rounds"] = rounds
+            out["ratio_spo_over_lpo"] = _median(rounds)
+            out["ratio_spo_effective_over_lpo"] = _median([e / lp for e, lp in zip(eff, totals["lpo"], strict=True)])
+    units = (("tflop", "tflop"),) if interleave else (("s", "median_s"), ("tflop", "tflop"))
+    for unit, key in units:
         if any(key not in c for c in comps.values()):
             continue
-        den = comps["denoise"][key]
-        if "lrm_reward" in comps:
-            out[f"lpo_total_{unit}"] = den + comps["lrm_reward"][key]
-        if "spm_reward" in comps:
-            out[f"spo_total_{unit}"] = den + sum(comps[c][key] for c in ("x0_pred", "vae_decode", "spm_reward"))
-            out[f"spo_effective_{unit}"] = out[f"spo_total_{unit}"] - den  # the x̂0 pass is the next denoising step
-        if f"lpo_total_{unit}" in out and f"spo_total_{unit}" in out:
+        if lpo_parts:
+            out[f"lpo_total_{unit}"] = sum(comps[c][key] for c in lpo_parts)
+        if spo_parts:
+            out[f"spo_total_{unit}"] = sum(comps[c][key] for c in spo_parts)
+            out[f"spo_effective_{unit}"] = out[f"spo_total_{unit}"] - comps["denoise"][key]  # x̂0 pass = next step
+        if lpo_parts and spo_parts:
             sfx = "" if unit == "s" else "_flops"
             out[f"ratio_spo_over_lpo{sfx}"] = out[f"spo_total_{unit}"] / out[f"lpo_total_{unit}"]
             out[f"ratio_spo_effective_over_lpo{sfx}"] = out[f"spo_effective_{unit}"] / out[f"lpo_total_{unit}"]
@@ -685,6 +731,7 @@ def run_bench(
     gradient_checkpointing: bool = False,
     compile: bool = False,
     threads: int | None = None,
+    interleave: bool = True,
     train_overrides: dict[str, dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
     console: Any = None,
@@ -693,6 +740,7 @@ def run_bench(
 
     ``parts`` defaults to all three on toy/tiny backbones and to ``sampling_step`` on full-size ones;
     ``warmup`` defaults to one untimed call, none for full-size backbones on the CPU (minutes per call).
+    ``interleave``: see :func:`sampling_step_costs`.
     """
     from lpo_bench import records
     from lpo_bench.runner import pick_device
@@ -742,7 +790,7 @@ def run_bench(
         result["unet_params"] = _count_params(bundle.unet)
         result["sampling_step"] = sampling_step_costs(
             bundle, step_methods, full_size=full, num_candidates=num_candidates, repeats=repeats, warmup=warmup,
-            autocast_dtype=autocast_dtype, compile=compile, flops=flops, log=log)
+            autocast_dtype=autocast_dtype, compile=compile, interleave=interleave, flops=flops, log=log)
         del bundle
         gc.collect()
     if "train_step" in parts or "overhead" in parts:
@@ -812,7 +860,8 @@ def _render_sampling_step(console: Any, ss: dict[str, Any], backbone: str, dev: 
     from rich.table import Table
 
     c, paper, k = ss["components"], ss["paper_tab5"], ss["num_candidates"]
-    t = Table(title=f"One sampling step, K={k}, 1 prompt: {backbone} on {dev} (seconds, median of {ss['repeats']}; "
+    t = Table(title=f"One sampling step, K={k}, 1 prompt: {backbone} on {dev} (seconds, median of {ss['repeats']}"
+                    f"{' interleaved rounds' if ss.get('interleaved') else ''}; "
                     f"TFLOP counted) | paper Tab. 5: one A100")
     for col in ("component", "LPO s", "SPO s", "s per candidate", "TFLOP", "paper LPO s", "paper SPO s"):
         t.add_column(col, justify="left" if col == "component" else "right")
@@ -846,7 +895,9 @@ def _render_sampling_step(console: Any, ss: dict[str, Any], backbone: str, dev: 
         verdict = ("PASS" if acc["passed"] else "FAIL") if acc["applies"] else (
             f"{'yes' if acc['passed'] else 'no'} (the criterion is about SD1.5 shapes, not {backbone})")
         flops = (f"; in FLOPs {ss['ratio_spo_over_lpo_flops']:.2f}x" if "ratio_spo_over_lpo_flops" in ss else "")
-        console.print(f"SPO/LPO per sampling step = {ss['ratio_spo_over_lpo']:.2f}x in seconds{flops} (paper "
+        rounds = ss.get("ratio_spo_over_lpo_rounds")
+        per_round = f" (median of rounds {', '.join(f'{x:.2f}' for x in rounds)})" if rounds else ""
+        console.print(f"SPO/LPO per sampling step = {ss['ratio_spo_over_lpo']:.2f}x in seconds{per_round}{flops} (paper "
                       f"{paper['spo']['total'] / paper['lpo']['total']:.2f}x). With SPO's x̂0 pass reused as its next "
                       f"denoising step: {ss['ratio_spo_effective_over_lpo']:.2f}x. LPO <= SPO/4: {verdict}")
     for name, label in ss["labels"].items():

@@ -242,6 +242,8 @@ def bench(
     grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="UNet gradient checkpointing in training steps"),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the timed components / the UNet"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
+    sequential: bool = typer.Option(False, "--sequential", help="Time sampling-step components one after another, "
+                                    "one model in memory at a time (default: interleaved rounds, all models built)"),
 ) -> None:
     """Cost of one sampling step (LPO paper Tab. 5) and one training step per method, and the harness overhead."""
     from lpo_bench import bench as bench_mod
@@ -249,7 +251,8 @@ def bench(
     bench_mod.run_bench(method=method, backbone=backbone, random_weights=random_weights, repeats=repeats,
                         device=device, out=out, parts=[p.strip() for p in parts.split(",")] if parts else None,
                         num_candidates=candidates, warmup=warmup, autocast_dtype=autocast,
-                        gradient_checkpointing=grad_ckpt, compile=compile_, threads=threads)
+                        gradient_checkpointing=grad_ckpt, compile=compile_, threads=threads,
+                        interleave=not sequential)
 
 
 @toy_app.command("pretrain")

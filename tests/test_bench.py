@@ -87,3 +87,27 @@ def test_full_size_architectures_match_the_public_models_and_flop_table():
     assert f["spm_reward"] / 4 == pytest.approx(0.335, abs=5e-4)  # + the adaLN modulation (< 0.2 %)
     # LRM: 4 candidates x (cond + uncond) trunk passes; the down + mid trunk is under half a UNet evaluation
     assert f["lrm_reward"] / 8 < 0.5 * f["denoise"] / 2
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_sampling_step_totals_and_ratio_per_mode(interleave):
+    """Interleaved rounds: totals and the SPO/LPO ratio are medians of per-round values (paired within a round);
+    sequential: sums of component medians. Both keep the per-call samples they came from."""
+    import statistics
+
+    bundle = bench.build_bundle("tiny-sd15", random_weights=False, device="cpu")
+    ss = bench.sampling_step_costs(bundle, ["lpo", "spo"], full_size=False, repeats=3, warmup=0,
+                                   interleave=interleave, log=lambda *_: None)
+    c = ss["components"]
+    assert ss["interleaved"] is interleave and all(len(x["samples_s"]) == 3 for x in c.values())
+    spo_parts, lpo_parts = ("denoise", "x0_pred", "vae_decode", "spm_reward"), ("denoise", "lrm_reward")
+    if interleave:
+        lpo = [sum(c[p]["samples_s"][r] for p in lpo_parts) for r in range(3)]
+        spo = [sum(c[p]["samples_s"][r] for p in spo_parts) for r in range(3)]
+        assert ss["lpo_total_samples_s"] == pytest.approx(lpo) and ss["spo_total_s"] == statistics.median(spo)
+        assert ss["ratio_spo_over_lpo_rounds"] == pytest.approx([s / lp for s, lp in zip(spo, lpo)])
+        assert ss["ratio_spo_over_lpo"] == statistics.median(ss["ratio_spo_over_lpo_rounds"])
+    else:
+        assert ss["spo_total_s"] == pytest.approx(sum(c[p]["median_s"] for p in spo_parts))
+        assert ss["ratio_spo_over_lpo"] == pytest.approx(ss["spo_total_s"] / ss["lpo_total_s"])
+        assert "ratio_spo_over_lpo_rounds" not in ss
