@@ -180,6 +180,18 @@ def test_prompt_splits_deterministic_disjoint_balanced():
     )
 
 
+def test_every_prefix_of_a_split_covers_the_families_evenly():
+    """Methods train on the first n prompts of a split: each prefix must be family-balanced, not one family."""
+    train = W.prompt_splits(2048, 256, 256, seed=0)["train"]
+    left = Counter(s.family for s in train)
+    for n in (6, 60, 256, 1024):
+        c = Counter(s.family for s in train[:n])
+        open_fams = [f for f in W.FAMILIES if c[f] < left[f]]  # families not yet exhausted
+        assert max(c[f] for f in open_fams) - min(c[f] for f in open_fams) <= 1, (n, c)
+    assert [s.family for s in train[:6]] == list(W.FAMILIES)
+    assert Counter(s.family for s in train[:256])["color"] == 43  # not 49 colour + 207 shape prompts, as sorted
+
+
 def test_prompt_splits_too_large_raises():
     with pytest.raises(ValueError):
         W.prompt_splits(200_000, 0, 0)

@@ -433,8 +433,10 @@ def prompt_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[
     Each split is balanced over FAMILIES: families are served from the smallest pool of
     distinct prompts up, each taking an equal share of what is still needed (capped by
     its pool), so a family that runs short passes its shortfall evenly to the others.
-    Test is filled first, then val, then train. Raises ValueError when the world has too
-    few prompts.
+    Test is filled first, then val, then train. Each split is ordered round robin over the
+    families (each family sorted by text), so every prefix is family-balanced too: callers
+    that take the first n prompts (``--set num_train_prompts``, pairs for n prompts) get all
+    families. Raises ValueError when the world has too few prompts.
     """
     rng = np.random.default_rng(seed)
     pools: dict[str, list[list[PromptSpec]]] = {}
@@ -457,8 +459,15 @@ def prompt_splits(n_train: int, n_val: int, n_test: int, seed: int = 0) -> dict[
             pools[fam] = pools[fam][take:]
         if left > 0:
             raise ValueError(f"the toy world has too few distinct prompts for a {split} split of {n}")
-        out[split] = sorted(chosen, key=lambda s: (FAMILIES.index(s.family), s.text))
+        out[split] = _round_robin_by_family(chosen)
     return {k: out[k] for k in ("train", "val", "test")}
+
+
+def _round_robin_by_family(specs: Sequence[PromptSpec]) -> list[PromptSpec]:
+    """Families in FAMILIES order, one prompt each per round (each family sorted by text) until all are used."""
+    by_fam = [sorted((s for s in specs if s.family == f), key=lambda s: s.text) for f in FAMILIES]
+    depth = max((len(g) for g in by_fam), default=0)
+    return [g[i] for i in range(depth) for g in by_fam if i < len(g)]
 
 
 # ---------------------------------------------------------------- layout
