@@ -270,16 +270,18 @@ def toy_pretrain(
 @toy_app.command("make-pairs")
 def toy_make_pairs(
     out: Path = typer.Option(Path("runs/toy-pairs"), "--out"),
-    n_train: int = typer.Option(2048, "--n-train", help="Training prompts (one pair each)"),
+    n_train: int = typer.Option(2048, "--n-train", help="Training prompts"),
     n_val: int = typer.Option(256, "--n-val"),
     n_test: int = typer.Option(256, "--n-test"),
+    images_per_prompt: int = typer.Option(2, "--images-per-prompt", help="k images per prompt: k(k-1)/2 pairs each"),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Sample two images per prompt from the toy base model and label them with the oracle."""
+    """Sample k images per prompt from the toy base model, pair them and label the pairs with the oracle."""
     from lpo_bench.toy import pairs
 
-    path = pairs.make_pairs(out, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, overwrite=overwrite)
+    path = pairs.make_pairs(out, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, overwrite=overwrite,
+                            images_per_prompt=images_per_prompt)
     typer.echo(f"pairs: {path}")
 
 
