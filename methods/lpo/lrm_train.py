@@ -36,8 +36,6 @@ class LRMConfig:
     multi_scale: bool = field(default=True, metadata={"help": "Pool all down stages + mid (False: mid only)"})
     largest_timestep: int = field(default=951, metadata={"help": "Top of the timestep grid {1, 51, ..., 951}"})
     timestep_stride: int = field(default=50, metadata={"help": "Grid stride (official 50: 20 points)"})
-    shared_pair_noise: bool = field(default=False, metadata={
-        "help": "Noise both images of a pair with the same eps (False = official: independent noise per image)"})
     mpcf_strategy: int = field(default=2, metadata={"help": "MPCF strategy 1-3 (2 = paper), 0 = no filtering"})
     train_text_encoder: bool = field(default=True, metadata={"help": "Train the text encoder(s) too (official)"})
     train_unet: bool = field(default=True, metadata={"help": "Train the UNet trunk (official); False: heads only"})
@@ -118,7 +116,7 @@ class LRMTrainer:
         x0 = self._latents(self.mean0[idx], self.std0[idx])
         x1 = self._latents(self.mean1[idx], self.std1[idx])
         e0 = torch.randn(x0.shape, generator=self.gen)  # independent noise per image (official)
-        e1 = e0 if cfg.shared_pair_noise else torch.randn(x1.shape, generator=self.gen)
+        e1 = torch.randn(x1.shape, generator=self.gen)
         xt0 = b.scheduler.add_noise(x0, e0, t)
         xt1 = b.scheduler.add_noise(x1, e1, t)
         for g in self.opt.param_groups:
