@@ -19,10 +19,10 @@ from lpo_bench import registry
 METHODS = ("lpo", "spo", "diffusion-dpo")
 EVAL_SUITES = ("toy-general", "toy-compbench")
 STEP_ACC_METRICS = ("toy-oracle", "toy-clip")
-# --quick: seconds, for smoke tests of the wiring (numbers are meaningless at this size)
 # 4 images per prompt: 6 pairs per prompt from as many images as 1024 prompts x 2 would take; more pairs per image
 # is what lifts the toy LRM (3k train pairs) and tightens the held-out accuracy CIs (~1.3k test, ~650 val pairs).
 DEMO_PAIRS = {"n_train": 512, "n_val": 128, "n_test": 256, "images_per_prompt": 4}
+# --quick: seconds, for smoke tests of the wiring (numbers are meaningless at this size)
 QUICK_PAIRS = {"n_train": 24, "n_val": 8, "n_test": 8}
 QUICK_SET = {
     "lpo": ["num_inference_steps=4", "prompts_per_round=2", "num_train_prompts=4", "epochs=1", "max_updates=2",
