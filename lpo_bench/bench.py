@@ -6,7 +6,7 @@ Three measurements (wall seconds, median over ``repeats``; CUDA is synchronised 
    denoising step + the LRM scoring the K candidates (VFE: the trunk on cond + uncond); SPO = the same
    denoising step + x̂0 prediction of the K candidates (one CFG pass) + K VAE decodes + K SPM forwards.
    Each component is timed on its own under ``torch.inference_mode`` with the calls the methods' scorers
-   make (``LPO._scorer``: ``lrm.score`` on cached text; ``SPO.make_scorer``: ``bundle.guided_eps`` ->
+   make (``LPO.scorer``: ``lrm.score`` on cached text; ``SPO.scorer``: ``bundle.guided_eps`` ->
    ``steps.predict_x0`` -> ``bundle.decode`` -> ``spm.score_images`` on cached text features), using the
    real :class:`LatentRewardModel` and :class:`StepAwarePreferenceModel` classes. Tab. 5 is printed beside.
    SPO's sampler reuses the candidates' x̂0 pass as the next denoising step, so its effective cost is

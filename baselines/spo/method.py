@@ -26,7 +26,6 @@ cached prompt embeddings. SDXL's "multi-step" variant (inner steps) is not imple
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,10 +37,10 @@ from lpo_bench.bundle import PromptEmbeds
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
 from lpo_bench.prompts import training_prompts
-from lpo_bench.sampling import purpose_generator
+from lpo_bench.step_rounds import StepRoundMethod
 
 
-class SPO:
+class SPO(StepRoundMethod):
     name: ClassVar[str] = "spo"
     version: ClassVar[str] = "1"
     config_cls: ClassVar[type] = SPOConfig
@@ -75,29 +74,16 @@ class SPO:
             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
             num_candidates=cfg.num_candidates, max_train_timestep=cfg.max_train_timestep,
             min_train_timestep=cfg.min_train_timestep)
-        self.gen_sample = purpose_generator(ctx.seed, "spo-sample", ctx.rank)
-        self.gen_order = purpose_generator(ctx.seed, "spo-order")  # identical on every rank
-        self.order: list[int] = []
-        self.epoch = 0
-        self.buffer: steppo.StepPairs | None = None
-        self.buffer_pos = 0
-        self.updates_left = 0  # updates still to run on the current round's pairs (equal on every rank)
-        self.rounds = 0
+        self.init_rounds()
         ctx.log(f"[spo] {len(self.prompts)} prompts × {cfg.epochs} epochs, K={cfg.num_candidates}, "
                 f"t <= {cfg.max_train_timestep}, threshold {cfg.threshold_spo}, β_spo={cfg.beta_spo:g}, "
                 f"LoRA r={cfg.lora_rank}, SPM {self.spm.base_checkpoint}")
 
-    # ------------------------------------------------------------------ sampling
-    def _next_prompt_ids(self) -> list[int]:
-        """This rank's prompts for the next round, from a shuffled per-epoch order shared by all ranks."""
-        per_round = self.cfg.prompts_per_round * self.ctx.world_size
-        if len(self.order) < per_round and self.epoch < self.cfg.epochs:
-            self.order += torch.randperm(len(self.prompts), generator=self.gen_order).tolist()
-            self.epoch += 1
-        take, self.order = self.order[:per_round], self.order[per_round:]
-        return take[self.ctx.rank :: self.ctx.world_size]
+    # ------------------------------------------------------------------ reward side
+    def threshold(self, t: int) -> float:
+        return self.cfg.threshold_spo
 
-    def make_scorer(self, ids: list[int]) -> steppo.StepScorer:
+    def scorer(self, ids: list[int]) -> steppo.StepScorer:
         """Scorer for a round over prompts ``ids``: decode x̂0 of each candidate, SPM at the child timestep."""
         ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
         text_rows = torch.tensor(ids)
@@ -123,43 +109,7 @@ class SPO:
 
         return score
 
-    def _sample_round(self) -> tuple[steppo.StepPairs, int]:
-        ids = self._next_prompt_ids()
-        pairs, logs = steppo.StepPairs.empty(self.ctx.bundle.latent_shape), {}
-        if ids:
-            cond = self.cond.index(ids)
-            pairs, logs = steppo.sample_step_pairs(
-                self.ctx.bundle, self.ctx.bundle.unet, cond, self.uncond1.repeat(len(ids)), settings=self.settings,
-                scorer=self.make_scorer(ids), threshold=lambda t: self.cfg.threshold_spo,
-                generator=self.gen_sample, ledger=self.ctx.ledger)
-            if len(pairs):
-                pairs.prompt_idx = torch.tensor(ids, dtype=torch.long)[pairs.prompt_idx]
-        self.last_round_logs = logs
-        self.rounds += 1
-        with self.ctx.ledger.phase(Phase.SAMPLE):
-            return steppo.gather_step_pairs(self.ctx, pairs, self.gen_order)
-
-    def _exhausted(self) -> bool:
-        return self.epoch >= self.cfg.epochs and len(self.order) == 0
-
     # ------------------------------------------------------------------ one update
-    def train_step(self, step: int) -> dict[str, float]:
-        logs: dict[str, float] = {}
-        while self.updates_left == 0:
-            if self._exhausted():
-                return {"skipped": 1.0}  # the last rounds gave no valid pair: nothing left to train on
-            (self.buffer, max_share), self.buffer_pos = self._sample_round(), 0
-            self.updates_left = math.ceil(max_share / self.cfg.train_batch_pairs)
-            logs.update(self.last_round_logs)
-        assert self.buffer is not None
-        n = self.cfg.train_batch_pairs
-        batch = self.buffer.index(torch.arange(self.buffer_pos, min(self.buffer_pos + n, len(self.buffer))))
-        self.buffer_pos += n
-        self.updates_left -= 1
-        with self.ctx.ledger.phase(Phase.UPDATE):
-            logs.update(self._update(batch))
-        return logs
-
     def _update(self, batch: steppo.StepPairs) -> dict[str, float]:
         ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
         self.opt.zero_grad(set_to_none=True)
@@ -198,41 +148,3 @@ class SPO:
         if len(batch):
             logs["t_mean"] = float(batch.timesteps.float().mean())
         return logs
-
-    def is_done(self, step: int) -> bool:
-        if self.cfg.max_updates is not None and step >= self.cfg.max_updates:
-            return True
-        return self._exhausted() and self.updates_left == 0
-
-    # ------------------------------------------------------------------ state / export
-    def policy_unet(self) -> Any:
-        return self.ctx.bundle.unet
-
-    def export(self, out_dir: Path) -> Path:
-        return lora.export_lora(self.ctx.bundle.unet, out_dir)
-
-    def state_dict(self) -> dict[str, Any]:
-        buf = None if self.buffer is None else {f: getattr(self.buffer, f).clone() for f in self.buffer.__dataclass_fields__}
-        return {
-            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
-            "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
-            "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch, "buffer": buf,
-            "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        unet = self.ctx.bundle.unet
-        if set(state["lora"]) != set(lora.lora_state(unet)):
-            raise HarnessError("the checkpoint's LoRA does not match this model (different rank or targets?); "
-                               "rerun with --overwrite")
-        with torch.no_grad():
-            params = dict(unet.named_parameters())
-            for k, v in state["lora"].items():
-                params[k].copy_(v)
-        self.opt.load_state_dict(state["opt"])
-        self.gen_sample.set_state(state["gen_sample"])
-        self.gen_order.set_state(state["gen_order"])
-        self.order, self.epoch = list(state["order"]), int(state["epoch"])
-        self.buffer = None if state["buffer"] is None else steppo.StepPairs(**state["buffer"])
-        self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
-        self.updates_left = int(state["updates_left"])

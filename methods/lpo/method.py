@@ -16,9 +16,7 @@ embeddings.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,7 +26,8 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.prompts import training_prompts
-from lpo_bench.sampling import purpose_generator, seeded_init
+from lpo_bench.sampling import seeded_init
+from lpo_bench.step_rounds import StepRoundMethod
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class LPOConfig:
     lrm_guidance_scale: float = field(default=7.5, metadata={"help": "VFE scale when training the LRM here"})
 
 
-class LPO:
+class LPO(StepRoundMethod):
     name: ClassVar[str] = "lpo"
     version: ClassVar[str] = "1"
     config_cls: ClassVar[type] = LPOConfig
@@ -98,16 +97,9 @@ class LPO:
             num_candidates=self.cfg.num_candidates, max_train_timestep=self.cfg.max_train_timestep,
             min_train_timestep=self.cfg.min_train_timestep)
         self.sched = bundle.ddim_scheduler(self.cfg.num_inference_steps)
-        self.gen_sample = purpose_generator(ctx.seed, "lpo-sample", ctx.rank)
-        self.gen_order = purpose_generator(ctx.seed, "lpo-order")  # identical on every rank
-        self.order: list[int] = []
-        self.epoch = 0
-        self.buffer: steppo.StepPairs | None = None
-        self.buffer_pos = 0
-        self.updates_left = 0  # updates still to run on the current round's pairs (equal on every rank)
-        self.rounds = 0
+        self.init_rounds()
 
-    # ------------------------------------------------------------------ sampling
+    # ------------------------------------------------------------------ reward side
     def threshold(self, t: int) -> float:
         c = self.cfg
         if c.threshold_shape == "constant":
@@ -115,17 +107,7 @@ class LPO:
         return steps.dynamic_threshold(t, self.sched, c.num_inference_steps, c.threshold_min, c.threshold_max,
                                        c.threshold_shape)
 
-    def _next_prompt_ids(self) -> list[int]:
-        """This rank's prompts for the next round, from a shuffled per-epoch order shared by all ranks."""
-        per_round = self.cfg.prompts_per_round * self.ctx.world_size
-        if len(self.order) < per_round and self.epoch < self.cfg.epochs:
-            perm = torch.randperm(len(self.prompts), generator=self.gen_order).tolist()
-            self.order += perm
-            self.epoch += 1
-        take, self.order = self.order[:per_round], self.order[per_round:]
-        return take[self.ctx.rank :: self.ctx.world_size]
-
-    def _scorer(self, ids: list[int]) -> steppo.StepScorer:
+    def scorer(self, ids: list[int]) -> steppo.StepScorer:
         text_rows = torch.tensor(ids)
 
         def score(cands: torch.Tensor, t_parent: int, t_child: int, cond_k: Any, uncond_k: Any):
@@ -142,43 +124,10 @@ class LPO:
 
         return score
 
-    def _sample_round(self) -> tuple[steppo.StepPairs, int]:
-        ids = self._next_prompt_ids()
-        pairs, logs = steppo.StepPairs.empty(self.ctx.bundle.latent_shape), {}
-        if ids:
-            cond = self.cond.index(ids)
-            uncond = self.uncond1.repeat(len(ids))
-            pairs, logs = steppo.sample_step_pairs(
-                self.ctx.bundle, self.ctx.bundle.unet, cond, uncond, settings=self.settings,
-                scorer=self._scorer(ids), threshold=self.threshold, generator=self.gen_sample, ledger=self.ctx.ledger)
-            if len(pairs):
-                pairs.prompt_idx = torch.tensor(ids, dtype=torch.long)[pairs.prompt_idx]
-        self.last_round_logs = logs
-        self.rounds += 1
-        with self.ctx.ledger.phase(Phase.SAMPLE):
-            return steppo.gather_step_pairs(self.ctx, pairs, self.gen_order, drop_remainder=self.cfg.drop_remainder_pairs)
-
-    def _exhausted(self) -> bool:
-        return self.epoch >= self.cfg.epochs and len(self.order) == 0
+    def drop_remainder(self) -> bool:
+        return self.cfg.drop_remainder_pairs
 
     # ------------------------------------------------------------------ one update
-    def train_step(self, step: int) -> dict[str, float]:
-        logs: dict[str, float] = {}
-        while self.updates_left == 0:
-            if self._exhausted():
-                return {"skipped": 1.0}
-            (self.buffer, max_share), self.buffer_pos = self._sample_round(), 0
-            self.updates_left = math.ceil(max_share / self.cfg.train_batch_pairs)
-            logs.update(getattr(self, "last_round_logs", {}))
-        assert self.buffer is not None
-        n = self.cfg.train_batch_pairs
-        batch = self.buffer.index(torch.arange(self.buffer_pos, min(self.buffer_pos + n, len(self.buffer))))
-        self.buffer_pos += n
-        self.updates_left -= 1
-        with self.ctx.ledger.phase(Phase.UPDATE):
-            logs.update(self._update(batch))
-        return logs
-
     def _update(self, batch: steppo.StepPairs) -> dict[str, float]:
         bundle, cfg = self.ctx.bundle, self.cfg
         if len(batch) == 0:  # only under multi-process: this rank has no pair in this update
@@ -216,46 +165,6 @@ class LPO:
                 "ratio_w": float(r_w.mean()), "ratio_l": float(r_l.mean()), "grad_norm": float(gnorm),
                 "pairs": float(len(batch)), "pairs_global": float(n_global),
                 "t_mean": float(batch.timesteps.float().mean())}
-
-    def is_done(self, step: int) -> bool:
-        if self.cfg.max_updates is not None and step >= self.cfg.max_updates:
-            return True
-        return self._exhausted() and self.updates_left == 0
-
-    # ------------------------------------------------------------------ state
-    def policy_unet(self) -> Any:
-        return self.ctx.bundle.unet
-
-    def export(self, out_dir: Path) -> Path:
-        return lora.export_lora(self.ctx.bundle.unet, out_dir)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
-            "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
-            "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch,
-            "buffer": None if self.buffer is None else {f: getattr(self.buffer, f) for f in self.buffer.__dataclass_fields__},
-            "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        unet = self.ctx.bundle.unet
-        missing = set(state["lora"]) - set(lora.lora_state(unet))
-        if missing:
-            raise HarnessError("checkpoint LoRA does not match this model; rerun with --overwrite")
-        with torch.no_grad():
-            params = dict(unet.named_parameters())
-            for k, v in state["lora"].items():
-                params[k].copy_(v)
-        self.opt.load_state_dict(state["opt"])
-        self.gen_sample.set_state(state["gen_sample"])
-        self.gen_order.set_state(state["gen_order"])
-        self.order, self.epoch = list(state["order"]), int(state["epoch"])
-        self.buffer = None if state["buffer"] is None else steppo.StepPairs(**state["buffer"])
-        self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
-        self.updates_left = int(state["updates_left"])
-
-
 
 
 def _encode_in_chunks(fn: Any, prompts: list[str], chunk: int = 256) -> Any:

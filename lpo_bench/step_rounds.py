@@ -1,0 +1,141 @@
+"""The round loop shared by the step-level methods (LPO, SPO).
+
+A round samples one trajectory per prompt for ``prompts_per_round`` prompts per rank, taken from a shuffled
+per-epoch order that every rank draws identically; the valid step pairs of all ranks are gathered
+(``steppo.gather_step_pairs``) and feed ``ceil(largest rank share / train_batch_pairs)`` updates, after which
+the next round is sampled. A method subclasses :class:`StepRoundMethod` and supplies only its reward side
+(``scorer``, ``threshold``) and its update (``_update``); the state kept here is exactly what a checkpoint needs
+to resume bit-identically.
+
+The subclass's ``setup`` sets ``ctx``, ``cfg`` (with ``prompts_per_round``, ``epochs``, ``train_batch_pairs`` and
+``max_updates``), ``prompts``, ``cond`` (one row per prompt), ``uncond1``, ``settings``, ``params`` and ``opt``,
+then calls :meth:`StepRoundMethod.init_rounds`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from lpo_bench import lora, steppo
+from lpo_bench.errors import HarnessError
+from lpo_bench.ledger import Phase
+from lpo_bench.sampling import purpose_generator
+
+
+class StepRoundMethod:
+    name: ClassVar[str]
+
+    # ------------------------------------------------------------------ hooks
+    def scorer(self, ids: list[int]) -> steppo.StepScorer:
+        """Scores of the K candidates of one denoising step for the round's prompts ``ids``."""
+        raise NotImplementedError
+
+    def threshold(self, t: int) -> float:
+        """Minimum best-minus-worst score gap at timestep t for the step to yield a pair."""
+        raise NotImplementedError
+
+    def drop_remainder(self) -> bool:
+        """Drop the pairs that do not divide evenly over the ranks (official LPO); default: keep them all."""
+        return False
+
+    def _update(self, batch: steppo.StepPairs) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ rounds
+    def init_rounds(self) -> None:
+        self.gen_sample = purpose_generator(self.ctx.seed, f"{self.name}-sample", self.ctx.rank)
+        self.gen_order = purpose_generator(self.ctx.seed, f"{self.name}-order")  # identical on every rank
+        self.order: list[int] = []
+        self.epoch = 0
+        self.buffer: steppo.StepPairs | None = None
+        self.buffer_pos = 0
+        self.updates_left = 0  # updates still to run on the current round's pairs (equal on every rank)
+        self.rounds = 0
+        self.last_round_logs: dict[str, float] = {}
+
+    def _next_prompt_ids(self) -> list[int]:
+        """This rank's prompts for the next round, from a shuffled per-epoch order shared by all ranks."""
+        per_round = self.cfg.prompts_per_round * self.ctx.world_size
+        if len(self.order) < per_round and self.epoch < self.cfg.epochs:
+            self.order += torch.randperm(len(self.prompts), generator=self.gen_order).tolist()
+            self.epoch += 1
+        take, self.order = self.order[:per_round], self.order[per_round:]
+        return take[self.ctx.rank :: self.ctx.world_size]
+
+    def _sample_round(self) -> tuple[steppo.StepPairs, int]:
+        ctx = self.ctx
+        ids = self._next_prompt_ids()
+        pairs, logs = steppo.StepPairs.empty(ctx.bundle.latent_shape), {}
+        if ids:
+            pairs, logs = steppo.sample_step_pairs(
+                ctx.bundle, ctx.bundle.unet, self.cond.index(ids), self.uncond1.repeat(len(ids)),
+                settings=self.settings, scorer=self.scorer(ids), threshold=self.threshold,
+                generator=self.gen_sample, ledger=ctx.ledger)
+            if len(pairs):
+                pairs.prompt_idx = torch.tensor(ids, dtype=torch.long)[pairs.prompt_idx]
+        self.last_round_logs = logs
+        self.rounds += 1
+        with ctx.ledger.phase(Phase.SAMPLE):
+            return steppo.gather_step_pairs(ctx, pairs, self.gen_order, drop_remainder=self.drop_remainder())
+
+    def _exhausted(self) -> bool:
+        return self.epoch >= self.cfg.epochs and len(self.order) == 0
+
+    def train_step(self, step: int) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        while self.updates_left == 0:
+            if self._exhausted():
+                return {"skipped": 1.0}  # the last rounds gave no valid pair: nothing left to train on
+            (self.buffer, max_share), self.buffer_pos = self._sample_round(), 0
+            self.updates_left = math.ceil(max_share / self.cfg.train_batch_pairs)
+            logs.update(self.last_round_logs)
+        assert self.buffer is not None
+        n = self.cfg.train_batch_pairs
+        batch = self.buffer.index(torch.arange(self.buffer_pos, min(self.buffer_pos + n, len(self.buffer))))
+        self.buffer_pos += n
+        self.updates_left -= 1
+        with self.ctx.ledger.phase(Phase.UPDATE):
+            logs.update(self._update(batch))
+        return logs
+
+    def is_done(self, step: int) -> bool:
+        if self.cfg.max_updates is not None and step >= self.cfg.max_updates:
+            return True
+        return self._exhausted() and self.updates_left == 0
+
+    # ------------------------------------------------------------------ state / export
+    def policy_unet(self) -> Any:
+        return self.ctx.bundle.unet
+
+    def export(self, out_dir: Path) -> Path:
+        return lora.export_lora(self.ctx.bundle.unet, out_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        buf = None if self.buffer is None else {f: getattr(self.buffer, f).clone() for f in self.buffer.__dataclass_fields__}
+        return {
+            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
+            "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
+            "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch, "buffer": buf,
+            "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unet = self.ctx.bundle.unet
+        if set(state["lora"]) != set(lora.lora_state(unet)):
+            raise HarnessError("the checkpoint's LoRA does not match this model (different rank or targets?); "
+                               "rerun with --overwrite")
+        with torch.no_grad():
+            params = dict(unet.named_parameters())
+            for k, v in state["lora"].items():
+                params[k].copy_(v)
+        self.opt.load_state_dict(state["opt"])
+        self.gen_sample.set_state(state["gen_sample"])
+        self.gen_order.set_state(state["gen_order"])
+        self.order, self.epoch = list(state["order"]), int(state["epoch"])
+        self.buffer = None if state["buffer"] is None else steppo.StepPairs(**state["buffer"])
+        self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
+        self.updates_left = int(state["updates_left"])
