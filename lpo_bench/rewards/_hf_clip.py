@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lpo_bench.rewards._common import CLIP_VOCAB_SIZE, check_vocab, features, load_hf_model, to_pil
+from lpo_bench.rewards._common import CLIP_VOCAB_SIZE, check_vocab, chunks, features, load_hf_model, to_pil
 
 
 class HFClip:
@@ -46,3 +46,11 @@ class HFClip:
             )
         )
         return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+    def cosine(self, images: torch.Tensor, prompts: Sequence[str], batch_size: int) -> torch.Tensor:
+        """Image-text cosine [b] (float32, CPU) for images [b, 3, H, W] in [0, 1], one prompt per image."""
+        out = []
+        with torch.inference_mode():
+            for sl in chunks(len(prompts), batch_size):
+                out.append((self.image_embeds(images[sl]) * self.text_embeds(prompts[sl])).sum(-1).cpu())
+        return torch.cat(out).float()

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from lpo_bench.rewards._common import HubFiles, check_inputs, checked_sha256, chunks, not_loaded, sha_summary
+from lpo_bench.rewards._common import HubFiles, check_inputs, checked_sha256, not_loaded, sha_summary
 from lpo_bench.rewards.base import ScorerProvenance
 
 OPENAI_CLIP_L14 = HubFiles(
@@ -71,8 +71,4 @@ class CLIPScore:
         if self._clip is None:
             raise not_loaded(self.id)
         check_inputs(images, prompts)
-        out = []
-        with torch.inference_mode():
-            for sl in chunks(len(prompts), self.batch_size):
-                out.append((self._clip.image_embeds(images[sl]) * self._clip.text_embeds(prompts[sl])).sum(-1).cpu())
-        return torch.cat(out).float()
+        return self._clip.cosine(images, prompts, self.batch_size)

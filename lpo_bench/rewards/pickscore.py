@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from lpo_bench.rewards._common import HubFiles, check_inputs, checked_sha256, chunks, not_loaded, sha_summary
+from lpo_bench.rewards._common import HubFiles, check_inputs, checked_sha256, not_loaded, sha_summary
 from lpo_bench.rewards.base import ScorerProvenance
 
 PICKSCORE_MODEL = HubFiles(
@@ -66,10 +66,6 @@ class PickScore:
         if self._clip is None:
             raise not_loaded(self.id)
         check_inputs(images, prompts)
-        out = []
         with torch.inference_mode():
-            scale = self._clip.model.logit_scale.exp().float()
-            for sl in chunks(len(prompts), self.batch_size):
-                cos = (self._clip.image_embeds(images[sl]) * self._clip.text_embeds(prompts[sl])).sum(-1)
-                out.append((scale * cos).cpu())
-        return torch.cat(out).float()
+            scale = self._clip.model.logit_scale.exp().float().cpu()
+        return scale * self._clip.cosine(images, prompts, self.batch_size)
