@@ -21,9 +21,15 @@ from typing import Any, ClassVar
 import torch
 
 from lpo_bench import lora, steppo
+from lpo_bench.bundle import ModelBundle, PromptEmbeds
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
 from lpo_bench.sampling import purpose_generator
+
+
+def encode_prompts_chunked(bundle: ModelBundle, prompts: list[str], chunk: int = 256) -> PromptEmbeds:
+    """The policy's conditioning for every training prompt, cached once per run (encoded ``chunk`` at a time)."""
+    return PromptEmbeds.cat([bundle.encode_prompts(prompts[s : s + chunk]) for s in range(0, len(prompts), chunk)])
 
 
 class StepRoundMethod:

@@ -37,7 +37,7 @@ from lpo_bench.bundle import PromptEmbeds
 from lpo_bench.errors import HarnessError
 from lpo_bench.ledger import Phase
 from lpo_bench.prompts import training_prompts
-from lpo_bench.step_rounds import StepRoundMethod
+from lpo_bench.step_rounds import StepRoundMethod, encode_prompts_chunked
 
 
 class SPO(StepRoundMethod):
@@ -61,8 +61,7 @@ class SPO(StepRoundMethod):
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
             with torch.no_grad():
-                self.cond = PromptEmbeds.cat([bundle.encode_prompts(self.prompts[s : s + 256])
-                                              for s in range(0, len(self.prompts), 256)])
+                self.cond = encode_prompts_chunked(bundle, self.prompts)
                 self.uncond1 = bundle.encode_negative(1)
                 self.spm_text = torch.cat([self.spm.text_features(self.prompts[s : s + 256])
                                            for s in range(0, len(self.prompts), 256)])

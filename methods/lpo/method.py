@@ -27,7 +27,7 @@ from lpo_bench.ledger import Phase
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.prompts import training_prompts
 from lpo_bench.sampling import seeded_init
-from lpo_bench.step_rounds import StepRoundMethod
+from lpo_bench.step_rounds import StepRoundMethod, encode_prompts_chunked
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class LPO(StepRoundMethod):
                 raise HarnessError("no training prompts; check --data-dir")
             # cached per prompt: policy conditioning and the LRM's text side (official recomputes per step)
             with torch.no_grad():
-                self.cond = _encode_in_chunks(bundle.encode_prompts, self.prompts)
+                self.cond = encode_prompts_chunked(bundle, self.prompts)
                 self.uncond1 = bundle.encode_negative(1)
                 self.lrm_text = _lrm_text_chunks(self.lrm, self.prompts)
                 self.lrm_uncond1 = self.lrm.negative_embeds(1)
@@ -165,12 +165,6 @@ class LPO(StepRoundMethod):
                 "ratio_w": float(r_w.mean()), "ratio_l": float(r_l.mean()), "grad_norm": float(gnorm),
                 "pairs": float(len(batch)), "pairs_global": float(n_global),
                 "t_mean": float(batch.timesteps.float().mean())}
-
-
-def _encode_in_chunks(fn: Any, prompts: list[str], chunk: int = 256) -> Any:
-    from lpo_bench.bundle import PromptEmbeds
-
-    return PromptEmbeds.cat([fn(prompts[s : s + chunk]) for s in range(0, len(prompts), chunk)])
 
 
 def _lrm_text_chunks(lrm: LatentRewardModel, prompts: list[str], chunk: int = 256) -> Any:
