@@ -7,7 +7,7 @@ Three measurements (wall seconds, median over ``repeats``; CUDA is synchronised 
    denoising step + x̂0 prediction of the K candidates (one CFG pass) + K VAE decodes + K SPM forwards.
    Each component is timed on its own under ``torch.inference_mode`` with the calls the methods' scorers
    make (``LPO.scorer``: ``lrm.score`` on cached text; ``SPO.scorer``: ``bundle.guided_eps`` ->
-   ``steps.predict_x0`` -> ``bundle.decode`` -> ``spm.score_images`` on cached text features), using the
+   ``ddim.predict_x0`` -> ``bundle.decode`` -> ``spm.score_images`` on cached text features), using the
    real :class:`LatentRewardModel` and :class:`StepAwarePreferenceModel` classes. Tab. 5 is printed beside.
    SPO's sampler reuses the candidates' x̂0 pass as the next denoising step, so its effective cost is
    the Tab. 5 total minus one denoising step; both are reported, the ratio uses the Tab. 5 definition.
@@ -20,7 +20,7 @@ Three measurements (wall seconds, median over ``repeats``; CUDA is synchronised 
    rows); the relative difference of the medians of the paired runs is the harness overhead (target 2 %).
 
 Backbones: ``toy`` (the shipped toy model; ``--random-weights`` builds the toy architecture), ``tiny-sd15``,
-``tiny-sdxl`` (``lpo_bench.testing``), and ``sd15`` / ``sdxl`` (``--random-weights``: the full-size public
+``tiny-sdxl`` (``lpo_bench.models.tiny``), and ``sd15`` / ``sdxl`` (``--random-weights``: the full-size public
 architectures below, randomly initialised, no hub access; without it the registry loaders need the weights).
 Full-size SPMs use the CLIP ViT-H/14 vision tower (PickScore's image tower) with a 1-layer text tower:
 text features are cached per prompt by SPO, so the text tower never runs in a sampling step.
@@ -191,7 +191,7 @@ def full_size_bundle(family: str, *, seed: int = 0, device: str = "cpu") -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lpo_bench.testing import bundle_from_components, clip_tokenizer
+    from lpo_bench.models.tiny import bundle_from_components, clip_tokenizer
 
     if family not in RANDOM_FULL_BACKBONES:
         raise HarnessError(f"no full-size random-weight architecture for {family!r}; use one of "
@@ -216,12 +216,12 @@ def full_size_bundle(family: str, *, seed: int = 0, device: str = "cpu") -> Any:
 
 def build_bundle(backbone: str, *, random_weights: bool, device: str, seed: int = 0) -> Any:
     """The bench bundle for ``backbone`` (see the module docstring), on ``device``."""
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
     if backbone in ("tiny-sd15", "tiny-sdxl"):
-        return testing.tiny_bundle(backbone.removeprefix("tiny-"), seed=seed).to(device)
+        return tiny.tiny_bundle(backbone.removeprefix("tiny-"), seed=seed).to(device)
     if backbone == "toy" and random_weights:
-        from lpo_bench.bundle import ModelBundle
+        from lpo_bench.models.bundle import ModelBundle
         from lpo_bench.toy import models
 
         unet, vae, te, tok, sched = models.build_toy_components(seed)
@@ -294,12 +294,12 @@ def step_components(
     (name, call, unit evaluations). Each call leaves its output for the next. Reward models are built just
     before their component and, unless ``keep_models`` (all calls stay usable after the generator ends, for
     interleaved timing), dropped after it (peak memory at full size). ``info`` receives labels."""
-    from lpo_bench import steps
+    from lpo_bench.diffusion import ddim
 
     k, info = num_candidates, info if info is not None else {}
     sched = bundle.ddim_scheduler(num_inference_steps)
-    t_child = max(steps.prev_timestep(sched, timestep, num_inference_steps), 0)
-    std = steps.ddim_step_std(sched, timestep, num_inference_steps, 1.0)
+    t_child = max(ddim.prev_timestep(sched, timestep, num_inference_steps), 0)
+    std = ddim.ddim_step_std(sched, timestep, num_inference_steps, 1.0)
     gen = torch.Generator().manual_seed(0)
     state: dict[str, Any] = {}
     with torch.inference_mode():
@@ -312,7 +312,7 @@ def step_components(
 
     def denoise() -> None:  # one CFG denoising step and the K candidates around its mean
         eps = bundle.guided_eps(x, timestep, cond, uncond, guidance_scale)
-        mu = steps.ddim_step_mean(sched, x, eps, timestep, num_inference_steps, std)
+        mu = ddim.ddim_step_mean(sched, x, eps, timestep, num_inference_steps, std)
         state["cands"] = mu + std * noise
 
     yield "denoise", denoise, {"unet_fwd": cfg_mult}
@@ -335,7 +335,7 @@ def step_components(
     if "spo" in methods:
         def x0_pred() -> None:
             eps = bundle.guided_eps(state["cands"], t_child, cond_k, uncond_k, guidance_scale)
-            state["x0"] = steps.predict_x0(bundle.scheduler, state["cands"], eps, t_child)
+            state["x0"] = ddim.predict_x0(bundle.scheduler, state["cands"], eps, t_child)
 
         yield "x0_pred", x0_pred, {"unet_fwd": k * cfg_mult}
         yield "vae_decode", lambda: state.__setitem__("images", bundle.decode(state["x0"])), {"vae_decode": k}
@@ -543,7 +543,7 @@ def write_bench_pairs(out: Path, *, n: int, resolution: int, seed: int = 0) -> P
     import numpy as np
     import pandas as pd
 
-    from lpo_bench.pairs import encode_png
+    from lpo_bench.data.pairs import encode_png
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -559,7 +559,7 @@ def setup_method(name: str, bundle: Any, work: Path, *, full_size: bool, overrid
     """``name`` set up on ``bundle`` with the bench settings; its reward model / pairs are made in ``work``."""
     from lpo_bench import registry
     from lpo_bench.config import build_config
-    from lpo_bench.method import TrainContext
+    from lpo_bench.harness.method import TrainContext
 
     cls = registry.resolve("method", name)
     cfg = build_config(cls.config_cls, TRAIN_OVERRIDES[name], overrides or {})

@@ -1,4 +1,4 @@
-"""`lpo-bench` command line: a thin typer layer over the runner, evaluation and reporting functions.
+"""`lpo-bench` command line: a thin typer layer over the harness, evaluation, analysis and bench functions.
 
 User mistakes raise HarnessError: one line on stderr, exit code 2, no traceback.
 """
@@ -14,11 +14,20 @@ import typer
 
 from lpo_bench.errors import HarnessError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for LPO, SPO and Diffusion-DPO.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Benchmark harness for preference optimisation of text-to-image diffusion models.")
 toy_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Toy world: pretraining and pairs.")
 app.add_typer(toy_app, name="toy")
 
-_SET_HELP = "Override a config key, repeatable: --set beta_lpo=500"
+_SET_HELP = "Override a config key, repeatable: --set lr=1e-4"
+# Options shared by several commands, declared once.
+OUT_ROOT = typer.Option(None, "--out-root", help="Runs root (default ./runs or $LPO_BENCH_RUNS)")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run")
+RESUME = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint")
+WEIGHTS_DIR = typer.Option(None, "--weights-dir", help="Local directory with model weights")
+DOWNLOAD = typer.Option(False, "--download", help="Allow downloading missing weights from the hub")
+DATA_DIR = typer.Option(None, "--data-dir", help="Local directory with datasets/prompt files")
+DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
 
 
 def _allow_download(download: bool) -> None:
@@ -49,85 +58,75 @@ def list_cmd() -> None:
 
 @app.command()
 def train(
-    method: str = typer.Option(..., "--method", help="lpo | spo | diffusion-dpo"),
+    method: str = typer.Option(..., "--method", help="A registered method (lpo-bench list)"),
     backbone: str = typer.Option("toy", "--backbone", help="toy | sd15 | sd21 | sdxl"),
     seed: int = typer.Option(0, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with config keys"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
-    out_root: Optional[Path] = typer.Option(None, "--out-root", help="Runs root (default ./runs or $LPO_BENCH_RUNS)"),
+    out_root: Optional[Path] = OUT_ROOT,
     run_id: Optional[str] = typer.Option(None, "--run-id"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run"),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last checkpoint"),
+    overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
     budget_gpu_h: Optional[float] = typer.Option(None, "--budget-gpu-h", help="Stop after this many counted GPU-hours"),
     eval_suite: Optional[str] = typer.Option(None, "--eval-suite", help="Validation suite evaluated during training"),
     eval_every_gpu_s: Optional[float] = typer.Option(None, "--eval-every-gpu-s", help="Eval cadence in counted GPU-seconds"),
     eval_prompts: int = typer.Option(64, "--eval-prompts", help="Validation prompts per evaluation"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Checkpoint every N updates"),
     rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
-    lrm: Optional[Path] = typer.Option(None, "--lrm", help="LPO: use this trained LRM instead of training one"),
-    spm: Optional[Path] = typer.Option(None, "--spm", help="SPO: use this trained SPM instead of training one"),
+    reward_model: Optional[Path] = typer.Option(
+        None, "--reward-model", "--lrm", "--spm", help="Use this trained step reward model instead of training one"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Local directory with backbone weights"),
-    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local directory with datasets/prompt files"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    weights_dir: Optional[Path] = WEIGHTS_DIR,
+    download: bool = DOWNLOAD,
+    data_dir: Optional[Path] = DATA_DIR,
+    device: Optional[str] = DEVICE,
 ) -> None:
-    """Train a method on a backbone (reward-model stage first, unless --lrm/--spm is given)."""
+    """Train a method on a backbone (its reward-model stage first, unless --reward-model is given)."""
     _allow_download(download)
     from lpo_bench import config as config_mod
-    from lpo_bench import registry
+    from lpo_bench.harness.train import TrainRequest, train_run
 
-    registry.check_name("method", method)
-    registry.check_name("backbone", backbone)
-    extra: dict = {k: str(v) for k, v in (("lrm", lrm), ("spm", spm), ("pairs", pairs)) if v is not None}
-    if rm_set:
-        extra["rm_overrides"] = config_mod.parse_set(rm_set)
-    from lpo_bench.runner import TrainOptions, train_run
-
-    opts = TrainOptions(
+    req = TrainRequest(
         method=method, backbone=backbone, seed=seed, config_file=str(config) if config else None,
-        overrides=config_mod.parse_set(set_), out_root=str(out_root) if out_root else None, run_id=run_id,
+        overrides=config_mod.parse_set(set_), reward_stage_overrides=config_mod.parse_set(rm_set),
+        pairs=_str(pairs), reward_model=_str(reward_model), out_root=_str(out_root), run_id=run_id,
         overwrite=overwrite, resume=resume, budget_gpu_h=budget_gpu_h, eval_suite=eval_suite,
         eval_every_gpu_s=eval_every_gpu_s, eval_prompts=eval_prompts, checkpoint_every_updates=checkpoint_every,
-        weights_dir=str(weights_dir) if weights_dir else None, data_dir=str(data_dir) if data_dir else None,
-        device=device, extra=extra,
+        weights_dir=_str(weights_dir), data_dir=_str(data_dir), device=device,
     )
-    run_dir = train_run(opts)
-    typer.echo(f"run: {run_dir}")
+    typer.echo(f"run: {train_run(req)}")
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return str(path) if path is not None else None
 
 
 @app.command("train-reward")
 def train_reward(
-    kind: str = typer.Option(..., "--kind", help="lrm | spm"),
+    kind: str = typer.Option(..., "--kind", help="A registered step reward model (lpo-bench list)"),
     backbone: str = typer.Option("toy", "--backbone"),
     seed: int = typer.Option(0, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs directory"),
-    out_root: Optional[Path] = typer.Option(None, "--out-root"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    resume: bool = typer.Option(False, "--resume"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir"),
-    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    out_root: Optional[Path] = OUT_ROOT,
+    overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
+    weights_dir: Optional[Path] = WEIGHTS_DIR,
+    download: bool = DOWNLOAD,
+    device: Optional[str] = DEVICE,
 ) -> None:
-    """Train a step-level reward model (LRM for LPO, SPM for SPO) as its own run."""
+    """Train a step-level reward model as its own run; pass its model directory to train --reward-model."""
     _allow_download(download)
     from lpo_bench import config as config_mod
-    from lpo_bench import registry
-    from lpo_bench.reward_training import RewardOptions, train_reward_run
+    from lpo_bench.harness.reward_run import RewardRequest, train_reward_run
 
-    registry.check_name("step-reward-model", kind)
-    registry.check_name("backbone", backbone)
-    opts = RewardOptions(
+    req = RewardRequest(
         kind=kind, backbone=backbone, seed=seed, config_file=str(config) if config else None,
-        overrides=config_mod.parse_set(set_), pairs=str(pairs) if pairs else None,
-        out_root=str(out_root) if out_root else None, overwrite=overwrite, resume=resume,
-        weights_dir=str(weights_dir) if weights_dir else None, data_dir=str(data_dir) if data_dir else None,
-        device=device,
+        overrides=config_mod.parse_set(set_), pairs=_str(pairs), out_root=_str(out_root), overwrite=overwrite,
+        resume=resume, weights_dir=_str(weights_dir), device=device,
     )
-    typer.echo(f"run: {train_reward_run(opts)}")
+    typer.echo(f"run: {train_reward_run(req)}")
 
 
 @app.command("eval")
@@ -139,12 +138,12 @@ def eval_cmd(
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts"),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    out_root: Optional[Path] = typer.Option(None, "--out-root"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir"),
-    download: bool = typer.Option(False, "--download", help="Allow downloading missing weights from the hub"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    out_root: Optional[Path] = OUT_ROOT,
+    overwrite: bool = OVERWRITE,
+    weights_dir: Optional[Path] = WEIGHTS_DIR,
+    download: bool = DOWNLOAD,
+    data_dir: Optional[Path] = DATA_DIR,
+    device: Optional[str] = DEVICE,
 ) -> None:
     """Generate images for a suite and score them; writes an eval run with per-sample scores and CIs."""
     _allow_download(download)
@@ -168,15 +167,15 @@ def eval_cmd(
 def step_accuracy(
     pairs: Path = typer.Option(..., "--pairs", help="Held-out preference pairs (toy pairs dir)"),
     backbone: str = typer.Option("toy", "--backbone"),
-    lrm: Optional[Path] = typer.Option(None, "--lrm", help="Trained LRM directory"),
-    spm: Optional[Path] = typer.Option(None, "--spm", help="Trained SPM directory"),
+    reward_model: Optional[list[Path]] = typer.Option(
+        None, "--reward-model", "--lrm", "--spm", help="Trained step reward model directory, repeatable"),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Pixel metric(s) scored on decoded inputs"),
     timesteps: str = typer.Option("1,101,201,301,401,501,601,701,801,901,951", "--timesteps"),
     max_pairs: int = typer.Option(256, "--max-pairs"),
-    out_root: Optional[Path] = typer.Option(None, "--out-root"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    out_root: Optional[Path] = OUT_ROOT,
+    overwrite: bool = OVERWRITE,
+    weights_dir: Optional[Path] = WEIGHTS_DIR,
+    device: Optional[str] = DEVICE,
 ) -> None:
     """Pairwise accuracy of step reward models (and pixel metrics) at each noise level t."""
     from lpo_bench import step_accuracy as sa
@@ -186,7 +185,8 @@ def step_accuracy(
     except ValueError:
         raise HarnessError(f"--timesteps {timesteps!r} must be comma-separated integers, e.g. 1,251,501") from None
     run_dir = sa.step_accuracy_run(
-        pairs_dir=pairs, backbone=backbone, lrm=lrm, spm=spm, metrics=list(metric or []), timesteps=grid,
+        pairs_dir=pairs, backbone=backbone, reward_models=list(reward_model or []), metrics=list(metric or []),
+        timesteps=grid,
         max_pairs=max_pairs, out_root=str(out_root) if out_root else None, overwrite=overwrite,
         weights_dir=str(weights_dir) if weights_dir else None, device=device,
     )
@@ -201,9 +201,9 @@ def compare(
     allow_mixed_hardware: bool = typer.Option(False, "--allow-mixed-hardware"),
 ) -> None:
     """Speedup and quality tables, plots and a report from run records only."""
-    from lpo_bench import reporting
+    from lpo_bench.analysis.compare import compare as compare_runs
 
-    path = reporting.compare(runs, out, target=target, allow_mixed_hardware=allow_mixed_hardware)
+    path = compare_runs(runs, out, target=target, allow_mixed_hardware=allow_mixed_hardware)
     typer.echo(f"report: {path}")
 
 
@@ -215,7 +215,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds), for smoke tests"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
 ) -> None:
-    """The whole pipeline on the toy world on the CPU: pairs, LRM+LPO, SPM+SPO, Diffusion-DPO, eval, compare."""
+    """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
     from lpo_bench import demo as demo_mod
 
     try:
@@ -231,7 +231,7 @@ def bench(
     backbone: str = typer.Option("toy", "--backbone", help="toy | tiny-sd15 | tiny-sdxl | sd15 | sdxl"),
     random_weights: bool = typer.Option(False, "--random-weights", help="Full-size architecture, random weights"),
     repeats: int = typer.Option(3, "--repeats"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    device: Optional[str] = DEVICE,
     out: Optional[Path] = typer.Option(None, "--out", help="Write the result as JSON here"),
     parts: Optional[str] = typer.Option(
         None, "--parts", help="Comma-separated: sampling_step,train_step,overhead (default: all on toy/tiny, "
@@ -245,7 +245,9 @@ def bench(
     sequential: bool = typer.Option(False, "--sequential", help="Time sampling-step components one after another, "
                                     "one model in memory at a time (default: interleaved rounds, all models built)"),
 ) -> None:
-    """Cost of one sampling step (LPO paper Tab. 5) and one training step per method, and the harness overhead."""
+    """Cost of one sampling step (LPO paper Tab. 5) and one training step per method, and the harness overhead.
+
+    --method takes a name or a comma-separated list (e.g. lpo,spo)."""
     from lpo_bench import bench as bench_mod
 
     bench_mod.run_bench(method=method, backbone=backbone, random_weights=random_weights, repeats=repeats,
@@ -275,7 +277,7 @@ def toy_make_pairs(
     n_test: int = typer.Option(256, "--n-test"),
     images_per_prompt: int = typer.Option(2, "--images-per-prompt", help="k images per prompt: k(k-1)/2 pairs each"),
     seed: int = typer.Option(0, "--seed"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Sample k images per prompt from the toy base model, pair them and label the pairs with the oracle."""
     from lpo_bench.toy import pairs

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import records, registry, stats
+from lpo_bench import records, registry
+from lpo_bench.analysis import stats
+from lpo_bench.data.suites import PromptItem, Suite, get_suite
 from lpo_bench.errors import HarnessError
-from lpo_bench.suites import PromptItem, Suite, get_suite
 
 GRID_MAX_IMAGES = 64
 MAX_NAME_CHARS = 180  # keeps "<prompt>_<NNNNNN>.png" under common 255-byte file-name limits
@@ -70,7 +71,7 @@ def external_scorer(metric_id: str, *, data_dir: str | Path | None = None) -> tu
     """(scorer, "") for a T2I-CompBench detector metric, or (None, why it is unavailable).
 
     The UniDet categories run T2I-CompBench's detector out of process
-    (:class:`lpo_bench.rewards.external.ExternalDetectorScorer`); its command line comes from
+    (:class:`lpo_bench.metrics.external.ExternalDetectorScorer`); its command line comes from
     ``$LPO_BENCH_T2I_DETECTOR`` (shell syntax; ``{image_dir}``, ``{category}``, ``{out}`` are filled in).
     3-in-1 (complex) also needs CLIP ViT-B/32 on adjective-free prompts, which lpo-bench does not
     ship, so it is always left to the official ``3_in_1.py``.
@@ -78,7 +79,7 @@ def external_scorer(metric_id: str, *, data_dir: str | Path | None = None) -> tu
     import os
     import shlex
 
-    from lpo_bench.suites import UNIDET_METRICS
+    from lpo_bench.data.suites import UNIDET_METRICS
 
     if metric_id == UNIDET_METRICS["complex"]:
         return None, (f"{metric_id} combines BLIP-VQA, UniDet-2D and CLIP ViT-B/32 on adjective-free prompts "
@@ -87,13 +88,13 @@ def external_scorer(metric_id: str, *, data_dir: str | Path | None = None) -> tu
     command = os.environ.get(T2I_DETECTOR_ENV, "").strip()
     if not command:
         return None, (f"{metric_id} needs T2I-CompBench's UniDet detector, which is not configured (set "
-                      f"{T2I_DETECTOR_ENV} to its command, see lpo_bench.rewards.external); {_SAVED_HINT}")
-    from lpo_bench.rewards.external import ExternalDetectorScorer
+                      f"{T2I_DETECTOR_ENV} to its command, see lpo_bench.metrics.external); {_SAVED_HINT}")
+    from lpo_bench.metrics.external import ExternalDetectorScorer
 
     new_objects = None
     if metric_id == UNIDET_METRICS["numeracy"]:
-        from lpo_bench.datasets import load_compbench_aux
-        from lpo_bench.rewards.compbench_rules import parse_new_objects
+        from lpo_bench.data.datasets import load_compbench_aux
+        from lpo_bench.metrics.compbench_rules import parse_new_objects
 
         new_objects = parse_new_objects("\n".join(load_compbench_aux("new_objects", data_dir=data_dir)))
     return ExternalDetectorScorer(shlex.split(command), new_objects=new_objects), ""
@@ -117,7 +118,7 @@ def resolve_metrics(suite: Suite, categories: Sequence[str], *, device: str, wei
     out = SuiteMetrics()
     needed = {m for c in categories for m in suite.metrics_for(c)}
     for m in (m for m in suite.metrics if m in needed):
-        if m in registry.REWARD_MODELS:
+        if m in registry.METRICS:
             out.inproc[m] = load_metric(m, device=device, weights_dir=weights_dir)
         else:
             scorer, reason = external_scorer(m, data_dir=data_dir)
@@ -192,8 +193,9 @@ def evaluate_items(
     With ``image_dir`` every image is saved (and every category generated, even one whose metrics
     are unavailable, so it can be scored offline); without it only scorable categories are sampled.
     """
-    from lpo_bench.rewards._common import quantize_8bit
-    from lpo_bench.sampling import generate_images, sample_seed
+    from lpo_bench.diffusion.generate import generate_images
+    from lpo_bench.diffusion.seeding import sample_seed
+    from lpo_bench.metrics._common import quantize_8bit
 
     if images_per_prompt < 1 or batch_size < 1:
         raise HarnessError(f"images per prompt and batch size must be >= 1 (got {images_per_prompt}, {batch_size})")
@@ -269,7 +271,7 @@ def _save_images(out_dir: Path, chunk: list[tuple[PromptItem, int]], u8: Any, ip
 def _external_rows(scorer: Any, metric: str, category: str, out_dir: Path, items: list[PromptItem], ipp: int,
                    seed_base: int) -> list[dict[str, Any]]:
     """Per-image rows from an external scorer's per-image scores (matched by question_id)."""
-    from lpo_bench.sampling import sample_seed
+    from lpo_bench.diffusion.seeding import sample_seed
 
     by_qid = {int(r.question_id): float(r.score) for r in scorer.score_dir(out_dir / category / "samples", category)}
     rows = []
@@ -393,13 +395,13 @@ def _unet_dir(path: Path) -> Path | None:
 
 
 def _unet_sha256(d: Path) -> str:
-    from lpo_bench.weights import file_sha256
+    from lpo_bench.models.weights import file_sha256
 
     return file_sha256(sorted(d.glob("diffusion_pytorch_model*.safetensors"))[0])
 
 
 def _lora_file(path: Path) -> Path:
-    from lpo_bench.lora import LORA_WEIGHT_NAME
+    from lpo_bench.models.lora import LORA_WEIGHT_NAME
 
     f = path if path.is_file() else path / LORA_WEIGHT_NAME
     if not f.is_file():
@@ -409,7 +411,7 @@ def _lora_file(path: Path) -> Path:
 
 def resolve_model(model: str, backbone: str | None = None) -> ModelSpec:
     """Parse ``--model``: ``base:<backbone>``, a train run directory, or a LoRA path (needs ``backbone``)."""
-    from lpo_bench.weights import file_sha256
+    from lpo_bench.models.weights import file_sha256
 
     if model.startswith("base:"):
         bb = registry.check_name("backbone", model[len("base:"):])
@@ -466,7 +468,7 @@ def load_model(spec: ModelSpec, *, weights_dir: str | Path | None, device: str) 
                                f"pass --backbone for the model it was trained from")
         bundle.unet = unet.to(device=device, dtype=bundle.dtype).requires_grad_(False)
     if spec.lora_path is not None:
-        from lpo_bench.lora import load_lora_into
+        from lpo_bench.models.lora import load_lora_into
 
         load_lora_into(bundle.unet, spec.lora_path)
         bundle.unet.to(device)

@@ -1,7 +1,9 @@
 """Explicit registries: one table per kind, name -> "module:attr", loaded lazily.
 
 No decorators, no import-time registration, no scanning. To add an entry, add one line to
-the table below. ``lpo-bench list`` prints every entry with the file that implements it.
+the table below (or, for a method kept outside this repository, wrap a call in :func:`extended`).
+``lpo-bench list`` prints every entry with the file that implements it. This module is the only
+place in the core that names a method: everything else reads :class:`MethodSpec` objects.
 """
 
 from __future__ import annotations
@@ -9,32 +11,36 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from lpo_bench.errors import HarnessError
 
+# name -> a MethodSpec exported by the method's folder (lpo_bench.harness.spec)
 METHODS: dict[str, str] = {
-    "lpo": "lpo_bench.methods.lpo.method:LPO",
-    "diffusion-dpo": "lpo_bench.baselines.diffusion_dpo.method:DiffusionDPO",
-    "spo": "lpo_bench.baselines.spo.method:SPO",
+    "lpo": "lpo_bench.methods.lpo:SPEC",
+    "spo": "lpo_bench.baselines.spo:SPEC",
+    "diffusion-dpo": "lpo_bench.baselines.diffusion_dpo:SPEC",
 }
 
+# name -> a BackboneSpec (lpo_bench.models.backbones) or a loader fn(weights_dir=, device=) -> ModelBundle
 BACKBONES: dict[str, str] = {
     "toy": "lpo_bench.toy.models:load_toy_bundle",
-    "sd15": "lpo_bench.backbones:load_sd15",
-    "sd21": "lpo_bench.backbones:load_sd21",
-    "sdxl": "lpo_bench.backbones:load_sdxl",
+    "sd15": "lpo_bench.models.backbones:SD15",
+    "sd21": "lpo_bench.models.backbones:SD21",
+    "sdxl": "lpo_bench.models.backbones:SDXL",
 }
 
 # Image-text metrics used for evaluation (and for MPCF gap columns).
-REWARD_MODELS: dict[str, str] = {
-    "pickscore": "lpo_bench.rewards.pickscore:PickScore",
-    "hpsv2.0": "lpo_bench.rewards.hpsv2:HPSv20",
-    "hpsv2.1": "lpo_bench.rewards.hpsv2:HPSv21",
-    "imagereward": "lpo_bench.rewards.imagereward:ImageReward",
-    "aesthetic": "lpo_bench.rewards.aesthetic:LaionAesthetic",
-    "clipscore": "lpo_bench.rewards.clipscore:CLIPScore",
-    "blip-vqa": "lpo_bench.rewards.blip_vqa:BlipVQA",
+METRICS: dict[str, str] = {
+    "pickscore": "lpo_bench.metrics.pickscore:PickScore",
+    "hpsv2.0": "lpo_bench.metrics.hpsv2:HPSv20",
+    "hpsv2.1": "lpo_bench.metrics.hpsv2:HPSv21",
+    "imagereward": "lpo_bench.metrics.imagereward:ImageReward",
+    "aesthetic": "lpo_bench.metrics.aesthetic:LaionAesthetic",
+    "clipscore": "lpo_bench.metrics.clipscore:CLIPScore",
+    "blip-vqa": "lpo_bench.metrics.blip_vqa:BlipVQA",
     "toy-oracle": "lpo_bench.toy.metrics:ToyOracle",
     "toy-aesthetic": "lpo_bench.toy.metrics:ToyAesthetic",
     "toy-clip": "lpo_bench.toy.metrics:ToyClip",
@@ -42,31 +48,24 @@ REWARD_MODELS: dict[str, str] = {
     "toy-compbench": "lpo_bench.toy.metrics:ToyCompBench",
 }
 
-# Step-level (noisy-input) reward models trained by the methods.
+# Step-level (noisy-input) reward models: a StepRewardModelSpec (model, trainer, config) each.
 STEP_REWARD_MODELS: dict[str, str] = {
-    "lrm": "lpo_bench.methods.lpo.lrm:LatentRewardModel",
-    "spm": "lpo_bench.baselines.spo.spm:StepAwarePreferenceModel",
-}
-
-# Trainers of the step reward models (run by lpo_bench.reward_training, all time RM_TRAIN).
-REWARD_TRAINERS: dict[str, str] = {
-    "lrm": "lpo_bench.methods.lpo.lrm_train:LRMTrainer",
-    "spm": "lpo_bench.baselines.spo.spm_train:SPMTrainer",
+    "lrm": "lpo_bench.methods.lpo:LRM_SPEC",
+    "spm": "lpo_bench.baselines.spo:SPM_SPEC",
 }
 
 SUITES: dict[str, str] = {
-    "compbench": "lpo_bench.suites:COMPBENCH",
-    "general": "lpo_bench.suites:GENERAL",
-    "toy-compbench": "lpo_bench.suites:TOY_COMPBENCH",
-    "toy-general": "lpo_bench.suites:TOY_GENERAL",
+    "compbench": "lpo_bench.data.suites:COMPBENCH",
+    "general": "lpo_bench.data.suites:GENERAL",
+    "toy-compbench": "lpo_bench.data.suites:TOY_COMPBENCH",
+    "toy-general": "lpo_bench.data.suites:TOY_GENERAL",
 }
 
 TABLES: dict[str, dict[str, str]] = {
     "method": METHODS,
     "backbone": BACKBONES,
-    "metric": REWARD_MODELS,
+    "metric": METRICS,
     "step-reward-model": STEP_REWARD_MODELS,
-    "reward-trainer": REWARD_TRAINERS,
     "suite": SUITES,
 }
 
@@ -85,12 +84,58 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def load_target(target: str) -> Any:
+    """Import ``"module:attr"`` and return the attribute."""
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def resolve(kind: str, name: str) -> Any:
     """Import and return the object registered as ``name`` in the ``kind`` table."""
-    target = TABLES[kind][check_name(kind, name)]
-    module_name, attr = target.split(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, attr)
+    return load_target(TABLES[kind][check_name(kind, name)])
+
+
+def method_spec(name: str) -> Any:
+    """The MethodSpec registered as ``name`` (importing only its folder's ``__init__``: no torch)."""
+    from lpo_bench.harness.spec import MethodSpec
+
+    spec = resolve("method", name)
+    if not isinstance(spec, MethodSpec) or spec.name != name:
+        raise HarnessError(f"registry entry method '{name}' -> {METHODS[name]} is not a MethodSpec named '{name}'; "
+                           f"fix the registry line")
+    return spec
+
+
+def reward_model_spec(name: str) -> Any:
+    """The StepRewardModelSpec registered as ``name``."""
+    from lpo_bench.harness.spec import StepRewardModelSpec
+
+    spec = resolve("step-reward-model", name)
+    if not isinstance(spec, StepRewardModelSpec) or spec.name != name:
+        raise HarnessError(f"registry entry step-reward-model '{name}' is not a StepRewardModelSpec named '{name}'")
+    return spec
+
+
+def method_specs() -> list[Any]:
+    return [method_spec(n) for n in METHODS]
+
+
+@contextmanager
+def extended(kind: str, entries: dict[str, str]) -> Iterator[None]:
+    """Register ``entries`` (name -> "module:attr") in the ``kind`` table for the duration of the block.
+
+    For methods kept outside this repository (and for tests); the table is restored afterwards.
+    """
+    table = TABLES[kind]
+    clash = set(entries) & set(table)
+    if clash:
+        raise HarnessError(f"{kind} names {sorted(clash)} are already registered; pick other names")
+    table.update(entries)
+    try:
+        yield
+    finally:
+        for name in entries:
+            table.pop(name, None)
 
 
 def origin(target: str) -> str:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import records, registry, stats
+from lpo_bench import records, registry
+from lpo_bench.analysis import stats
 from lpo_bench.errors import HarnessError
 
 DEFAULT_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
@@ -72,23 +73,23 @@ def encode_mean(bundle: Any, images: Any) -> Any:
 
 
 def predict_x0(bundle: Any, x_t: Any, t: int, prompts: Sequence[str], guidance_scale: float = X0_GUIDANCE_SCALE) -> Any:
-    """x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) (``steps.predict_x0``) with ε̂ the CFG-guided base-UNet
+    """x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) (``ddim.predict_x0``) with ε̂ the CFG-guided base-UNet
     prediction at the single timestep ``t`` for every row."""
     import torch
 
-    from lpo_bench import steps
+    from lpo_bench.diffusion import ddim
 
     with torch.no_grad():
         eps = bundle.guided_eps(x_t, int(t), bundle.encode_prompts(prompts), bundle.encode_negative(len(prompts)),
                                 guidance_scale)
-        return steps.predict_x0(bundle.scheduler, x_t, eps, int(t))
+        return ddim.predict_x0(bundle.scheduler, x_t, eps, int(t))
 
 
 def pair_noise(pair_ids: Sequence[int], t: int, shape: Sequence[int]) -> Any:
     """ε [b, *shape], row i drawn from the generator of (pair_ids[i], t): shared by winner and loser."""
     import torch
 
-    from lpo_bench.sampling import purpose_generator
+    from lpo_bench.diffusion.seeding import purpose_generator
 
     return torch.stack([torch.randn(tuple(shape), generator=purpose_generator(NOISE_SEED, "step-accuracy", int(i), int(t)))
                         for i in pair_ids])
@@ -239,7 +240,7 @@ def _load_bundle(backbone: str, weights_dir: str | None, device: str) -> Any:
 
 def _dir_sha256(path: Path) -> str:
     """sha256 over the files of a saved model directory (names + contents)."""
-    from lpo_bench.weights import file_sha256
+    from lpo_bench.models.weights import file_sha256
 
     files = sorted(p for p in Path(path).rglob("*") if p.is_file())
     return records.sha256_of([[str(p.relative_to(path)), file_sha256(p)] for p in files])
@@ -289,8 +290,8 @@ def step_accuracy_run(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Measure step-level accuracy of the given reward models on held-out pairs; returns the run dir."""
+    from lpo_bench.data.pairs import load_pairs
     from lpo_bench.evaluation import load_metric
-    from lpo_bench.pairs import load_pairs
     from lpo_bench.runner import pick_device
 
     registry.check_name("backbone", backbone)

@@ -35,7 +35,7 @@ def write_pairs_dir(out, n_per_split=(24, 12, 12), seed=0):
     import numpy as np
     import pandas as pd
 
-    from lpo_bench.pairs import encode_png
+    from lpo_bench.data.pairs import encode_png
     from lpo_bench.toy import world
 
     rng = np.random.default_rng(seed)

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from lpo_bench import backbones
-from lpo_bench.backbones import (
+from lpo_bench.errors import HarnessError
+from lpo_bench.models import backbones
+from lpo_bench.models.backbones import (
     BACKBONE_SPECS,
     load_dir,
     load_from_components,
-    load_sd15,
-    load_sd21,
-    load_sdxl,
+    SD15,
+    SD21,
+    SDXL,
 )
-from lpo_bench.errors import HarnessError
-from lpo_bench.testing import clip_tokenizer, tiny_bundle, tiny_components, tiny_diffusers_dir
+from lpo_bench.models.tiny import clip_tokenizer, tiny_bundle, tiny_components, tiny_diffusers_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -148,8 +148,8 @@ def test_tiny_bundle_is_seeded():
 
 
 # ---------------------------------------------------------------------------- loaders
-def test_load_sd15_from_weights_dir_matches_tiny_bundle(bundles, sd15_dir, empty_hf_cache):
-    b = load_sd15(weights_dir=sd15_dir)
+def test_SD15_from_weights_dir_matches_tiny_bundle(bundles, sd15_dir, empty_hf_cache):
+    b = SD15(weights_dir=sd15_dir)
     ref = bundles["sd15"]
     e, e_ref = b.encode_prompts(["a cat"]), ref.encode_prompts(["a cat"])
     assert torch.equal(e.hidden, e_ref.hidden)
@@ -168,22 +168,22 @@ def test_load_from_hf_cache_at_pinned_revision(sd15_dir, empty_hf_cache):
     spec = BACKBONE_SPECS["sd21"]
     snap = empty_hf_cache / f"models--{spec.model_id.replace('/', '--')}" / "snapshots" / spec.revision
     shutil.copytree(sd15_dir, snap)
-    b = load_sd21()
+    b = SD21()
     assert b.provenance["backbone_revision"] == spec.revision
     assert Path(b.provenance["weights_path"]) == snap
     with pytest.raises(HarnessError, match="deadbeef"):
-        load_sd21(revision="deadbeef" * 5)
+        SD21(revision="deadbeef" * 5)
 
 
-def test_load_sdxl_uses_the_fp16_fix_vae_repo(tmp_path, empty_hf_cache):
+def test_SDXL_uses_the_fp16_fix_vae_repo(tmp_path, empty_hf_cache):
     root = tmp_path / "weights"
     root.mkdir()
     shutil.move(str(tiny_diffusers_dir(tmp_path, "sdxl")), root / "stable-diffusion-xl-base-1.0")
     with pytest.raises(HarnessError, match="madebyollin/sdxl-vae-fp16-fix"):
-        load_sdxl(weights_dir=root)
+        SDXL(weights_dir=root)
     vae = tiny_components("sdxl", seed=7)["vae"]
     vae.save_pretrained(root / "sdxl-vae-fp16-fix")
-    b = load_sdxl(weights_dir=root)
+    b = SDXL(weights_dir=root)
     assert b.text_kind == "sdxl" and b.force_zeros_for_empty_prompt and len(b.text_encoders) == 2
     assert b.provenance["vae_id"] == "madebyollin/sdxl-vae-fp16-fix"
     assert torch.equal(b.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
@@ -195,10 +195,10 @@ def test_missing_weights_error_is_fast_and_actionable(tmp_path):
     """Fresh interpreter, empty HF_HOME, offline: a HarnessError before torch is ever imported."""
     code = (
         "import sys\n"
-        "from lpo_bench.backbones import load_sd15\n"
+        "from lpo_bench.models.backbones import SD15\n"
         "from lpo_bench.errors import HarnessError\n"
         "try:\n"
-        "    load_sd15()\n"
+        "    SD15()\n"
         "except HarnessError as e:\n"
         "    print('ERR', e)\n"
         "print('TORCH', 'torch' in sys.modules)\n"
@@ -227,9 +227,9 @@ def test_opt_in_download_fetches_only_the_needed_files(sd15_dir, empty_hf_cache,
         return str(sd15_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    monkeypatch.setattr("lpo_bench.weights._check_hub_reachable", lambda *a, **k: None)  # the fake hub is "up"
+    monkeypatch.setattr("lpo_bench.models.weights._check_hub_reachable", lambda *a, **k: None)  # the fake hub is "up"
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    b = load_sd15(allow_download=True)
+    b = SD15(allow_download=True)
     assert b.provenance["backbone_revision"] == BACKBONE_SPECS["sd15"].revision
     downloads = [c for c in calls if not c[3]]
     assert len(downloads) == 1 and downloads[0][0] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -239,7 +239,7 @@ def test_opt_in_download_fetches_only_the_needed_files(sd15_dir, empty_hf_cache,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline wins over the opt-in: no hub call at all
     calls.clear()
     with pytest.raises(HarnessError, match="weights not found"):
-        load_sd15(allow_download=True)
+        SD15(allow_download=True)
     assert all(c[3] for c in calls)
 
 
@@ -250,13 +250,13 @@ def test_partial_weights_dir_names_the_missing_file(tmp_path, sd15_dir, empty_hf
     with pytest.raises(
         HarnessError, match=r"file vae/diffusion_pytorch_model\.safetensors; checked .*partial"
     ):
-        load_sd15(weights_dir=partial)
+        SD15(weights_dir=partial)
     with pytest.raises(HarnessError, match=r"vae/diffusion_pytorch_model\.safetensors is missing"):
         load_dir(partial, "sd15")
 
 
 def test_half_precision_prefers_fp16_variant_and_falls_back(tmp_path, sd15_dir, empty_hf_cache):
-    b = load_sd15(weights_dir=sd15_dir, dtype="bf16")  # only fp32 files present
+    b = SD15(weights_dir=sd15_dir, dtype="bf16")  # only fp32 files present
     assert b.dtype == torch.bfloat16 and b.provenance["weights_variant"] == "fp32"
     assert b.text_encoders[0].dtype == torch.bfloat16
     fp16_dir = tmp_path / "fp16"
@@ -267,7 +267,7 @@ def test_half_precision_prefers_fp16_variant_and_falls_back(tmp_path, sd15_dir, 
         ("text_encoder", "model"),
     ):
         (fp16_dir / sub / f"{stem}.safetensors").rename(fp16_dir / sub / f"{stem}.fp16.safetensors")
-    b16 = load_sd15(weights_dir=fp16_dir, dtype="fp16")
+    b16 = SD15(weights_dir=fp16_dir, dtype="fp16")
     assert b16.provenance["weights_variant"] == "fp16" and b16.dtype == torch.float16
 
 
@@ -275,7 +275,7 @@ def test_load_dir_and_bad_arguments(sd15_dir, empty_hf_cache):
     b = load_dir(sd15_dir, "sd15")
     assert b.provenance["backbone_revision"] == "local" and b.name == "sd15-local"
     with pytest.raises(HarnessError, match="unknown dtype"):
-        load_sd15(weights_dir=sd15_dir, dtype="fp8")
+        SD15(weights_dir=sd15_dir, dtype="fp8")
     with pytest.raises(HarnessError, match="family"):
         load_dir(sd15_dir, "sd3")
     with pytest.raises(HarnessError, match="text_encoder_2"):
@@ -323,4 +323,4 @@ def test_unreachable_hub_fails_fast_with_one_error(empty_hf_cache, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with pytest.raises(HarnessError, match="unreachable.*--weights-dir"):
-        load_sd15(allow_download=True)
+        SD15(allow_download=True)

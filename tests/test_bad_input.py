@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lpo_bench import records, runner, testing
+from lpo_bench import records, runner
 from lpo_bench.cli import main
+from lpo_bench.data.pairs import encode_png, load_pairs
 from lpo_bench.errors import HarnessError
-from lpo_bench.pairs import encode_png, load_pairs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_settings import lpo_options, patch_tiny  # noqa: E402

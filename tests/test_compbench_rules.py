@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lpo_bench.errors import HarnessError
-from lpo_bench.rewards import compbench_rules as R
-from lpo_bench.rewards.compbench_rules import Detection, Token
+from lpo_bench.metrics import compbench_rules as R
+from lpo_bench.metrics.compbench_rules import Detection, Token
 
 A = (0, 0, 100, 100)  # centre (50, 50), area 10000
 
@@ -238,7 +238,7 @@ with open(args["--out"], "w") as f:
 def _detector(tmp_path, monkeypatch, plan, prompts):
     import sys
 
-    from lpo_bench.rewards.external import ExternalDetectorScorer
+    from lpo_bench.metrics.external import ExternalDetectorScorer
 
     script = tmp_path / "fake_detector.py"
     script.write_text(FAKE_DETECTOR)
@@ -284,7 +284,7 @@ def test_external_detector_3d_needs_depth(tmp_path, monkeypatch):
 
 
 def test_external_detector_failures_are_harness_errors(tmp_path, monkeypatch):
-    from lpo_bench.rewards.external import ExternalDetectorScorer, parse_detections
+    from lpo_bench.metrics.external import ExternalDetectorScorer, parse_detections
 
     scorer, images = _detector(tmp_path, monkeypatch, {"fail": True}, ["a dog"])
     with pytest.raises(HarnessError, match="exit code 3: CUDA exploded"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lpo_bench import datasets as D
+from lpo_bench.data import datasets as D
 from lpo_bench.errors import HarnessError
 
 SHARED = Path("/work/shared/data")

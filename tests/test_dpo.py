@@ -74,8 +74,8 @@ def test_implicit_accuracy_branches():
 def _setup(bundle, pairs, tmp_path, **over):
     from lpo_bench.baselines.diffusion_dpo.method import DiffusionDPO
     from lpo_bench.config import build_config
+    from lpo_bench.harness.method import TrainContext
     from lpo_bench.ledger import Ledger
-    from lpo_bench.method import TrainContext
 
     cfg = build_config(DiffusionDPOConfig, FAST, over)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -108,10 +108,10 @@ def _counts(path, row_type=None):
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_lora_dpo_steps_change_lora_and_start_at_log2(family, tiny_pairs, tmp_path):
-    from lpo_bench import testing
-    from lpo_bench.pairs import load_pairs
+    from lpo_bench.data.pairs import load_pairs
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle(family, seed=0)
+    b = tiny.tiny_bundle(family, seed=0)
     m, ledger = _setup(b, tiny_pairs, tmp_path)
     n_decided = len(load_pairs(tiny_pairs, "train", drop_ties=True))
     assert m.n_pairs == n_decided  # ties dropped
@@ -134,9 +134,9 @@ def test_lora_dpo_steps_change_lora_and_start_at_log2(family, tiny_pairs, tmp_pa
 def test_full_finetune_keeps_a_frozen_reference_and_resumes_bitwise(tiny_pairs, tmp_path):
     import copy
 
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15", seed=0)
+    b = tiny.tiny_bundle("sd15", seed=0)
     m, ledger = _setup(b, tiny_pairs, tmp_path, lora_rank=0, lr=1e-4, random_flip=True, caption_dropout=0.5)
     ref0 = {k: v.clone() for k, v in m.ref_unet.state_dict().items()}
     _steps(m, ledger, 1)
@@ -146,7 +146,7 @@ def test_full_finetune_keeps_a_frozen_reference_and_resumes_bitwise(tiny_pairs, 
     assert all(torch.equal(v, m.ref_unet.state_dict()[k]) for k, v in ref0.items())
     assert any(not torch.equal(want[k], ref0[k]) for k in ref0)
 
-    b2 = testing.tiny_bundle("sd15", seed=0)
+    b2 = tiny.tiny_bundle("sd15", seed=0)
     m2, ledger2 = _setup(b2, tiny_pairs, tmp_path / "again", lora_rank=0, lr=1e-4, random_flip=True,
                          caption_dropout=0.5)
     m2.load_state_dict(state)
@@ -157,9 +157,9 @@ def test_full_finetune_keeps_a_frozen_reference_and_resumes_bitwise(tiny_pairs, 
 
 
 def test_sft_variant_trains_without_reference(tiny_pairs, tmp_path):
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15", seed=0)
+    b = tiny.tiny_bundle("sd15", seed=0)
     m, ledger = _setup(b, tiny_pairs, tmp_path, sft=True, lora_rank=0)
     assert m.ref_unet is None
     logs = _steps(m, ledger, 1)
@@ -169,27 +169,28 @@ def test_sft_variant_trains_without_reference(tiny_pairs, tmp_path):
 
 
 def test_lr_scaling_and_warmup(tiny_pairs, tmp_path):
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15", seed=0)
+    b = tiny.tiny_bundle("sd15", seed=0)
     m, _ = _setup(b, tiny_pairs, tmp_path, lr=1e-8, scale_lr=True, pairs_per_update=4, lr_warmup_updates=4)
     assert m.lr_peak == pytest.approx(4e-8)
     assert [m.lr_at(s) for s in (0, 1, 3, 10)] == pytest.approx([1e-8, 2e-8, 4e-8, 4e-8])
 
 
 def test_missing_pairs_is_a_harness_error(tmp_path):
-    from lpo_bench import testing
     from lpo_bench.errors import HarnessError
+    from lpo_bench.models import tiny
 
     with pytest.raises(HarnessError, match="--pairs"):
-        _setup(testing.tiny_bundle("sd15"), None, tmp_path)
+        _setup(tiny.tiny_bundle("sd15"), None, tmp_path)
 
 
 def test_dpo_through_the_runner_exports_lora(tiny_pairs, tmp_path, monkeypatch):
-    from lpo_bench import records, runner, testing
+    from lpo_bench import records, runner
+    from lpo_bench.models import tiny
     from lpo_bench.runner import TrainOptions
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: testing.tiny_bundle("sdxl", seed=0))
+    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sdxl", seed=0))
     # fsync of ledger rows happens outside the timed phases; on a busy disk it is >1% of a 2 s run
     monkeypatch.setattr("lpo_bench.ledger.os.fsync", lambda fd: None)
     opts = TrainOptions(method="diffusion-dpo", backbone="sdxl", overrides={**FAST, "optimizer": "adamw",

@@ -15,11 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lpo_bench import evaluation, records, stats, suites
+from lpo_bench import evaluation, records, stats
+from lpo_bench.data import suites
+from lpo_bench.diffusion.generate import generate_images
+from lpo_bench.diffusion.seeding import sample_seed
 from lpo_bench.errors import HarnessError
-from lpo_bench.rewards.base import ScorerProvenance
-from lpo_bench.sampling import generate_images, sample_seed
-from lpo_bench.testing import tiny_bundle
+from lpo_bench.metrics.base import ScorerProvenance
+from lpo_bench.models.tiny import tiny_bundle
 
 FAST = suites.SamplerSpec("DDIMScheduler", 2, 5.0, 0.0)
 
@@ -46,7 +48,7 @@ def fake_metric(metric_id: str) -> evaluation.LoadedMetric:
 
 # ---------------------------------------------------------------------------- suites
 def test_toy_suite_prompts_are_the_toy_splits_balanced_and_stable():
-    from lpo_bench.prompts import toy_prompt_splits
+    from lpo_bench.data.prompts import toy_prompt_splits
 
     test = suites.TOY_COMPBENCH.prompts("test")
     val = suites.TOY_GENERAL.prompts("val")
@@ -152,7 +154,7 @@ def test_aggregate_hand_values():
 
 
 def test_compbench_unidet_categories_are_skipped_not_faked(bundle, tmp_path, monkeypatch):
-    import lpo_bench.datasets as datasets
+    import lpo_bench.data.datasets as datasets
 
     monkeypatch.setattr(datasets, "load_prompt_file",
                         lambda cat, data_dir=None, allow_download=None: [f"a {cat} thing", f"two {cat} things."])
@@ -196,7 +198,7 @@ json.dump({"format": "lpo-bench-detections/v1", "detector": {"name": "fake"}, "i
 def test_compbench_spatial_with_an_external_detector(bundle, tmp_path, monkeypatch):
     import sys
 
-    import lpo_bench.datasets as datasets
+    import lpo_bench.data.datasets as datasets
 
     script = tmp_path / "fake_detector.py"
     script.write_text(FAKE_DETECTOR)
@@ -253,7 +255,7 @@ def test_eval_run_toy_records(toy_env, tmp_path):
 
 
 def test_eval_run_loads_a_lora(toy_env, tmp_path):
-    from lpo_bench.lora import add_lora, export_lora
+    from lpo_bench.models.lora import add_lora, export_lora
 
     b = tiny_bundle("sd15", resolution=32)
     params = add_lora(b.unet, rank=2)

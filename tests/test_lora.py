@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lpo_bench.errors import HarnessError
-from lpo_bench.lora import (
+from lpo_bench.models.lora import (
     LORA_WEIGHT_NAME,
     add_lora,
     export_lora,
@@ -17,7 +17,7 @@ from lpo_bench.lora import (
     lora_parameters,
     reference_mode,
 )
-from lpo_bench.testing import tiny_bundle, tiny_components
+from lpo_bench.models.tiny import tiny_bundle, tiny_components
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

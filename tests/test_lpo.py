@@ -16,11 +16,11 @@ FAST_LPO = ["num_inference_steps=4", "prompts_per_round=2", "train_batch_pairs=2
 
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
     def use(family):
-        monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: testing.tiny_bundle(family, seed=0))
-        monkeypatch.setattr("lpo_bench.prompts.training_prompts",
+        monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle(family, seed=0))
+        monkeypatch.setattr("lpo_bench.data.prompts.training_prompts",
                             lambda backbone, **kw: ["a red circle", "two blue squares", "a green triangle",
                                                     "a striped yellow square"][: kw.get("limit") or 4])
         monkeypatch.setattr("lpo_bench.methods.lpo.method.training_prompts",
@@ -70,11 +70,11 @@ def test_lpo_trains_on_tiny_bundle(family, tiny_backbone, tiny_pairs, tmp_path, 
 
 
 def test_lrm_save_load_roundtrip_is_strict(tmp_path):
-    from lpo_bench import testing
     from lpo_bench.errors import HarnessError
     from lpo_bench.methods.lpo.lrm import LatentRewardModel
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15", seed=0)
+    b = tiny.tiny_bundle("sd15", seed=0)
     m = LatentRewardModel.from_bundle(b)
     lat = torch.randn(3, *b.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([1, 501, 951])
@@ -94,10 +94,10 @@ def test_lrm_save_load_roundtrip_is_strict(tmp_path):
 
 def test_lrm_vfe_guides_only_the_mid_feature():
     """With multi_scale the down features come from the conditional half only; gs=1 disables VFE."""
-    from lpo_bench import testing
     from lpo_bench.methods.lpo.lrm import LatentRewardModel, unet_trunk
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15", seed=1)
+    b = tiny.tiny_bundle("sd15", seed=1)
     m = LatentRewardModel.from_bundle(b, guidance_scale=7.5)
     lat = torch.randn(2, *b.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([101, 701])
@@ -119,7 +119,7 @@ def test_lrm_vfe_guides_only_the_mid_feature():
 def test_pair_ce_loss_hand_values():
     import math
 
-    from lpo_bench.reward_math import pair_ce_loss
+    from lpo_bench.methods.stepwise.losses import pair_ce_loss
 
     s0, s1 = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])
     lab = torch.tensor([1.0, 0.0, 0.5])
@@ -134,7 +134,7 @@ def test_pair_ce_loss_hand_values():
 
 
 def test_warmup_linear_decay():
-    from lpo_bench.reward_math import warmup_linear_decay
+    from lpo_bench.methods.stepwise.losses import warmup_linear_decay
 
     assert warmup_linear_decay(0, peak=1.0, warmup=4, total=10) == 0.25
     assert warmup_linear_decay(3, peak=1.0, warmup=4, total=10) == 1.0
@@ -146,7 +146,8 @@ def test_warmup_linear_decay():
 def test_mpcf_strategies_and_tie_rule():
     import numpy as np
 
-    from lpo_bench.methods.lpo.mpcf import gap_columns, mpcf_keep
+    from lpo_bench.data.pairs import gap_columns
+    from lpo_bench.methods.lpo.mpcf import mpcf_keep
 
     flag = np.array([1, 1, 1, 1, 0, 0])
     aes = np.array([0.1, -0.3, -0.7, 0.5, 0.1, 0.3])

@@ -1,5 +1,6 @@
-"""reporting.compare on fixture run records: hand-checked costs and speed-ups, time-to-target with misses,
-hardware refusal, published numbers only where backbone and suite match, a self-contained HTML report."""
+"""analysis.compare on fixture run records: hand-checked costs and speed-ups (relative to the proposed method),
+time-to-target with misses, hardware refusal, published numbers only where backbone and suite match, a
+self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lpo_bench import records, reporting, stats
+from lpo_bench import records
+from lpo_bench.analysis import stats
+from lpo_bench.analysis.compare import compare
+from lpo_bench.analysis.time_to_target import parse_target
 from lpo_bench.errors import HarnessError
 from lpo_bench.published import load_published
 
@@ -26,10 +30,11 @@ def _prov(device: str = H100) -> dict:
             "command": "lpo-bench train"}
 
 
-def make_train(root, method, seed, phases_s, curve=(), *, device=H100, backbone="toy", backbone_id=TOY,
-               suite="toy-general", metric="toy-oracle", extra=None):
+def make_train(root, method, seed, phases_s, curve=(), *, role="baseline", reward_stage=None, given_rm=None,
+               device=H100, backbone="toy", backbone_id=TOY, suite="toy-general", metric="toy-oracle"):
     """A finished train run: ledger.jsonl with ``phases_s`` seconds (plus uncounted SETUP), train_cost rows and
-    eval_metric rows along ``curve`` [(gpu_h, value)]."""
+    eval_metric rows along ``curve`` [(gpu_h, value)]. ``reward_stage`` names the method's step reward model
+    (None: it has none), trained in the run unless ``given_rm`` (a reward model's path) was passed."""
     run_id = f"{method}-{backbone}-fixture-s{seed}"
     d = root / "train" / run_id
     d.mkdir(parents=True)
@@ -39,10 +44,16 @@ def make_train(root, method, seed, phases_s, curve=(), *, device=H100, backbone=
     prov = _prov(device)
     summary = {"seconds_by_phase": {"SETUP": 5.0, **phases_s}, "gpu_h_counted": counted, "gpu_h_rm": rm,
                "gpu_h_total_incl_rm": counted + rm, "devices": 1, "lost_s": 0.0}
+    inputs = {"pairs": None, "pairs_sha256": None, "reward_model": None if given_rm is None else str(given_rm),
+              "reward_model_sha256": None, "reward_stage_overrides": {}}
+    stage = None if reward_stage is None else {
+        "name": reward_stage, "source": "trained" if given_rm is None else "given",
+        "model_dir": str(d / reward_stage if given_rm is None else given_rm), "config": {}}
     records.atomic_write_json(d / "run.json", {
-        "run_id": run_id, "kind": "train", "method": method, "backbone": backbone, "seed": seed,
+        "run_id": run_id, "kind": "train", "method": method, "method_role": role, "method_version": "1",
+        "backbone": backbone, "seed": seed, "inputs": inputs, "reward_stage": stage,
         "backbone_provenance": {"backbone_id": backbone_id}, "provenance": prov, "status": "done",
-        "ledger": summary, "options": {"extra": extra or {}}})
+        "ledger": summary})
     with open(d / "ledger.jsonl", "w") as fh:
         fh.write(json.dumps({"type": "phase", "phase": "SETUP", "seconds": {"SETUP": 5.0}}) + "\n")
         fh.write(json.dumps({"type": "step", "step": 0, "seconds": phases_s}) + "\n")
@@ -118,6 +129,8 @@ LPO_PHASES = [{"PREP": 360.0 * f, "SAMPLE": 3600.0 * f, "SCORE": 720.0 * f, "UPD
               for f in (1.0, 1.5, 0.5)]
 SPO_PHASES = {"SAMPLE": 7200.0, "SCORE": 3600.0, "UPDATE": 2160.0, "RM_TRAIN": 6480.0}
 DPO_PHASES = {"UPDATE": 32400.0}
+LPO = {"role": "proposed", "reward_stage": "lrm"}  # the proposed method: speed-ups are relative to it
+SPO = {"reward_stage": "spm"}
 # time to target 0.6: LPO 1.0, 0.5, miss (median 1.0); DPO 3.0, 2.0, 4.0 (median 3.0); SPO 2.0, miss, miss.
 LPO_CURVES = [[(0.5, 0.4), (1.0, 0.62), (1.5, 0.7)], [(0.5, 0.61), (1.0, 0.65), (1.5, 0.66)],
               [(0.5, 0.3), (1.0, 0.5), (1.5, 0.55)]]
@@ -129,9 +142,9 @@ SPO_CURVES = [[(1, 0.5), (2, 0.6), (3, 0.62)], [(1, 0.4), (2, 0.45), (3, 0.5)], 
 def toy_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for s in range(3):
-        make_train(root, "lpo", s, LPO_PHASES[s], LPO_CURVES[s])
+        make_train(root, "lpo", s, LPO_PHASES[s], LPO_CURVES[s], **LPO)
         make_train(root, "diffusion-dpo", s, DPO_PHASES, DPO_CURVES[s])
-        make_train(root, "spo", s, SPO_PHASES, SPO_CURVES[s])
+        make_train(root, "spo", s, SPO_PHASES, SPO_CURVES[s], **SPO)
     rng = np.random.default_rng(0)
     base = {(i, k): float(rng.uniform(0.2, 0.6)) for i in range(10) for k in range(2)}
     make_eval(root, "base-toy", "base", None, base, images=True)
@@ -141,7 +154,7 @@ def toy_report(tmp_path_factory):
     (root / "train" / "unfinished").mkdir()
     records.atomic_write_json(root / "train" / "unfinished" / "run.json", {"run_id": "unfinished", "kind": "train"})
     out = tmp_path_factory.mktemp("report")
-    md = reporting.compare([root], out, target="toy-oracle@toy-general>=0.6")
+    md = compare([root], out, target="toy-oracle@toy-general>=0.6")
     return root, out, md
 
 
@@ -154,15 +167,15 @@ def test_cost_table_and_speedups_match_hand_computation(toy_report):
     assert cost.loc["lpo", "gpu_h_rm_median"] == pytest.approx(1.0)
     assert cost.loc["lpo", "gpu_h_total_incl_rm_median"] == pytest.approx(2.8)
     assert cost.loc["lpo", "gpu_h_SAMPLE_median"] == pytest.approx(1.0)
-    assert cost.loc["spo", "lpo_speedup_excl_rm"] == pytest.approx(3.6 / 1.8)
-    assert cost.loc["spo", "lpo_speedup_incl_rm"] == pytest.approx(5.4 / 2.8)
-    assert cost.loc["diffusion-dpo", "lpo_speedup_excl_rm"] == pytest.approx(9.0 / 1.8)
-    assert cost.loc["diffusion-dpo", "lpo_speedup_incl_rm"] == pytest.approx(9.0 / 2.8)
-    assert cost.loc["lpo", "lpo_speedup_incl_rm"] == pytest.approx(1.0)
+    assert cost.loc["spo", "speedup_excl_rm"] == pytest.approx(3.6 / 1.8)
+    assert cost.loc["spo", "speedup_incl_rm"] == pytest.approx(5.4 / 2.8)
+    assert cost.loc["diffusion-dpo", "speedup_excl_rm"] == pytest.approx(9.0 / 1.8)
+    assert cost.loc["diffusion-dpo", "speedup_incl_rm"] == pytest.approx(9.0 / 2.8)
+    assert cost.loc["lpo", "speedup_incl_rm"] == pytest.approx(1.0)
     by_run = pd.read_csv(out / "cost_by_run.csv")
     assert len(by_run) == 9 and set(by_run["rm_source"]) == {"this run (RM_TRAIN)", "none"}
     rep = json.loads((out / "report.json").read_text())
-    assert rep["cost"]["toy"]["spo"]["lpo_speedup_excl_rm"] == pytest.approx(2.0)
+    assert rep["cost"]["toy"]["spo"]["speedup_excl_rm"] == pytest.approx(2.0)
 
 
 def test_time_to_target_with_misses_through_the_report(toy_report):
@@ -172,11 +185,11 @@ def test_time_to_target_with_misses_through_the_report(toy_report):
     assert ttt.loc["lpo", "seeds_reached"] == 2
     assert ttt.loc["diffusion-dpo", "median_gpu_h_to_target"] == pytest.approx(3.0)
     assert math.isinf(ttt.loc["spo", "median_gpu_h_to_target"])
-    assert ttt.loc["diffusion-dpo", "lpo_speedup_excl_rm"] == pytest.approx(3.0)
-    assert math.isinf(ttt.loc["spo", "lpo_speedup_excl_rm"])  # only LPO reached it
+    assert ttt.loc["diffusion-dpo", "speedup_excl_rm"] == pytest.approx(3.0)
+    assert math.isinf(ttt.loc["spo", "speedup_excl_rm"])  # only LPO reached it
     # incl. RM: LPO 2.0, 1.5, miss -> 2.0 (RM 1 GPU-h); DPO has no RM -> 3.0
     assert ttt.loc["lpo", "median_gpu_h_to_target_incl_rm"] == pytest.approx(2.0)
-    assert ttt.loc["diffusion-dpo", "lpo_speedup_incl_rm"] == pytest.approx(1.5)
+    assert ttt.loc["diffusion-dpo", "speedup_incl_rm"] == pytest.approx(1.5)
     text = md.read_text()
     assert "not reached" in text and "1/3" in text
     assert "lpo-bench compare" in text and "--target 'toy-oracle@toy-general>=0.6'" in text
@@ -189,10 +202,10 @@ def test_time_to_target_with_misses_through_the_report(toy_report):
 
 def test_default_target_is_the_weakest_methods_median_best(tmp_path):
     for s in range(3):
-        make_train(tmp_path, "lpo", s, LPO_PHASES[s], LPO_CURVES[s])
-        make_train(tmp_path, "spo", s, SPO_PHASES, SPO_CURVES[s])
+        make_train(tmp_path, "lpo", s, LPO_PHASES[s], LPO_CURVES[s], **LPO)
+        make_train(tmp_path, "spo", s, SPO_PHASES, SPO_CURVES[s], **SPO)
     out = tmp_path / "rep"
-    reporting.compare([tmp_path / "train"], out)
+    compare([tmp_path / "train"], out)
     rep = json.loads((out / "report.json").read_text())
     # medians of per-seed best: LPO 0.66, SPO 0.5 -> target 0.5 (SPO, the weakest)
     assert rep["targets"][0]["target"] == "toy-oracle@toy-general>=0.5"
@@ -229,11 +242,11 @@ def test_html_is_self_contained_and_csvs_are_written(toy_report):
 
 
 def test_mixed_hardware_refused_then_labelled(tmp_path):
-    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], LPO_CURVES[0])
-    make_train(tmp_path, "spo", 0, SPO_PHASES, SPO_CURVES[0], device="NVIDIA A100-SXM4-80GB")
+    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], LPO_CURVES[0], **LPO)
+    make_train(tmp_path, "spo", 0, SPO_PHASES, SPO_CURVES[0], device="NVIDIA A100-SXM4-80GB", **SPO)
     with pytest.raises(HarnessError, match="different hardware"):
-        reporting.compare([tmp_path / "train"], tmp_path / "rep")
-    md = reporting.compare([tmp_path / "train"], tmp_path / "rep", allow_mixed_hardware=True)
+        compare([tmp_path / "train"], tmp_path / "rep")
+    md = compare([tmp_path / "train"], tmp_path / "rep", allow_mixed_hardware=True)
     text = md.read_text()
     assert "MIXED HARDWARE" in text and "[MIXED HARDWARE] Cost per method" in text
     assert "MIXED HARDWARE" in (tmp_path / "rep" / "report.html").read_text()
@@ -246,9 +259,9 @@ def test_published_numbers_only_beside_matching_backbone_and_suite(tmp_path):
               metric="pickscore")
     make_eval(tmp_path, "lpo-sd15", "lpo", 0, {k: v + 0.5 for k, v in scores.items()}, backbone="sd15",
               backbone_id=SD15, suite="general", metric="pickscore")
-    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], backbone="sd15", backbone_id=SD15)
+    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], backbone="sd15", backbone_id=SD15, **LPO)
     out = tmp_path / "rep"
-    reporting.compare([tmp_path], out)
+    compare([tmp_path], out)
     page = (out / "report.html").read_text()
     assert (out / "published_tab2_sd15.csv").exists() and (out / "published_tab6_sd15.csv").exists()
     assert not (out / "published_tab3_sd15.csv").exists()  # compbench was not evaluated
@@ -263,7 +276,7 @@ def test_published_numbers_only_beside_matching_backbone_and_suite(tmp_path):
     tiny = tmp_path / "tiny"
     make_eval(tiny, "base-tiny", "base", None, scores, backbone="sd15", backbone_id="tiny-sd15", suite="general",
               metric="pickscore")
-    reporting.compare([tiny], tmp_path / "rep_tiny")
+    compare([tiny], tmp_path / "rep_tiny")
     assert not list((tmp_path / "rep_tiny").glob("published_*.csv"))
 
 
@@ -282,23 +295,24 @@ def test_published_data_is_consistent():
 
 
 def test_target_parsing_and_bad_inputs(tmp_path):
-    assert reporting.parse_target("toy-oracle@toy-general>=0.62") == ("toy-oracle", "toy-general", None, ">=", 0.62)
-    assert reporting.parse_target("hpsv2.1@general:pickapic_v1 <= 1e1")[2:] == ("pickapic_v1", "<=", 10.0)
+    assert parse_target("toy-oracle@toy-general>=0.62") == ("toy-oracle", "toy-general", None, ">=", 0.62)
+    assert parse_target("hpsv2.1@general:pickapic_v1 <= 1e1")[2:] == ("pickapic_v1", "<=", 10.0)
     with pytest.raises(HarnessError, match="must look like"):
-        reporting.compare([tmp_path], tmp_path / "r", target="toy-oracle>0.6")
+        compare([tmp_path], tmp_path / "r", target="toy-oracle>0.6")
     with pytest.raises(HarnessError, match="no finished runs"):
-        reporting.compare([tmp_path], tmp_path / "r")
+        compare([tmp_path], tmp_path / "r")
     with pytest.raises(HarnessError, match="does not exist"):
-        reporting.compare([tmp_path / "nope"], tmp_path / "r")
-    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], LPO_CURVES[0])
+        compare([tmp_path / "nope"], tmp_path / "r")
+    make_train(tmp_path, "lpo", 0, LPO_PHASES[0], LPO_CURVES[0], **LPO)
     with pytest.raises(HarnessError, match="recorded: toy-oracle@toy-general"):
-        reporting.compare([tmp_path], tmp_path / "r", target="pickscore@general>=20")
+        compare([tmp_path], tmp_path / "r", target="pickscore@general>=20")
 
 
 def test_reward_model_trained_in_a_separate_run_is_charged_to_the_total(tmp_path):
     rd = tmp_path / "reward" / "lrm-toy-fixture-s0"
     rd.mkdir(parents=True)
-    records.atomic_write_json(rd / "run.json", {"run_id": "lrm-toy-fixture-s0", "kind": "reward", "backbone": "toy",
+    records.atomic_write_json(rd / "run.json", {"run_id": "lrm-toy-fixture-s0", "kind": "reward", "reward_model": "lrm",
+                                                "model_dir": str(rd / "model"), "backbone": "toy",
                                                 "provenance": _prov(), "ledger": {"gpu_h_rm": 2.0}})
     rows = [{"kind": "train_cost", "metric": "gpu_h_rm", "value": 2.0},
             {"kind": "rm_val_acc", "metric": "lrm_pair_acc", "timestep": 1, "input_mode": "noisy_latent",
@@ -306,10 +320,10 @@ def test_reward_model_trained_in_a_separate_run_is_charged_to_the_total(tmp_path
     records.write_measurements(rd, rows, {"run_id": "lrm-toy-fixture-s0", **_prov()})
     records.mark_done(rd)
     counted_only = {p: s for p, s in LPO_PHASES[0].items() if p != "RM_TRAIN"}
-    make_train(tmp_path, "lpo", 0, counted_only, extra={"lrm": str(rd / "model")})
-    make_train(tmp_path, "lpo", 1, counted_only, extra={"lrm": str(tmp_path / "elsewhere")})
+    make_train(tmp_path, "lpo", 0, counted_only, given_rm=rd / "model", **LPO)
+    make_train(tmp_path, "lpo", 1, counted_only, given_rm=tmp_path / "elsewhere", **LPO)
     out = tmp_path / "rep"
-    reporting.compare([tmp_path / "train"], out)
+    compare([tmp_path / "train"], out)
     by_run = pd.read_csv(out / "cost_by_run.csv").set_index("seed")
     assert by_run.loc[0, "gpu_h_rm"] == pytest.approx(2.0) and by_run.loc[0, "rm_source"].startswith("reward run")
     assert by_run.loc[0, "gpu_h_total_incl_rm"] == pytest.approx(3.8)
@@ -317,3 +331,33 @@ def test_reward_model_trained_in_a_separate_run_is_charged_to_the_total(tmp_path
     cost = pd.read_csv(out / "cost.csv")
     assert math.isnan(cost.loc[0, "gpu_h_total_incl_rm_median"])  # one seed's RM cost is unknown
     assert "training cost is unknown" in (out / "report.md").read_text()
+
+
+def test_speedups_are_relative_to_the_proposed_method_whatever_its_name_or_order(tmp_path):
+    # beta is given first; alpha (role proposed) is still the reference. Counted GPU-h: alpha 1.0, beta 2.0;
+    # time to 0.6: alpha 0.5, beta 1.0.
+    alpha = make_train(tmp_path, "alpha", 0, {"UPDATE": 3600.0}, [(0.5, 0.7)], role="proposed")
+    beta = make_train(tmp_path, "beta", 0, {"UPDATE": 7200.0}, [(0.5, 0.5), (1.0, 0.7)])
+    out = tmp_path / "rep"
+    compare([beta, alpha], out, target="toy-oracle@toy-general>=0.6")
+    cost = pd.read_csv(out / "cost.csv").set_index("method")
+    assert cost.loc["beta", "speedup_excl_rm"] == pytest.approx(2.0)
+    assert cost.loc["alpha", "speedup_excl_rm"] == pytest.approx(1.0)
+    assert set(cost["reference_method"]) == {"alpha"}
+    ttt = pd.read_csv(out / "time_to_target.csv").set_index("method")
+    assert ttt.loc["beta", "speedup_excl_rm"] == pytest.approx(2.0)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reference_method"] == "alpha" and not any("proposed" in n for n in rep["notes"])
+    assert "speed-up of alpha (excl. RM)" in (out / "report.md").read_text()
+
+
+def test_without_a_proposed_method_the_first_given_is_the_reference_with_a_note(tmp_path):
+    alpha = make_train(tmp_path, "alpha", 0, {"UPDATE": 3600.0})
+    beta = make_train(tmp_path, "beta", 0, {"UPDATE": 7200.0})
+    out = tmp_path / "rep"
+    compare([beta, alpha], out)
+    cost = pd.read_csv(out / "cost.csv").set_index("method")
+    assert cost.loc["alpha", "speedup_excl_rm"] == pytest.approx(0.5)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["reference_method"] == "beta"
+    assert any("no train run is marked method_role 'proposed'" in n for n in rep["notes"])

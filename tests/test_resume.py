@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lpo_bench import records, runner, testing
+from lpo_bench import records, runner
 from lpo_bench.errors import HarnessError
+from lpo_bench.models import tiny
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resume_settings import lpo_options, patch_tiny  # noqa: E402
@@ -122,7 +123,7 @@ def test_reward_model_run_resumes_bitwise(tiny_pairs, tmp_path, monkeypatch):
     from lpo_bench import reward_training
     from lpo_bench.reward_training import RewardOptions
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: testing.tiny_bundle("sd15", seed=0))
+    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sd15", seed=0))
     over = {"max_updates": "4", "batch_pairs": "4", "warmup_updates": "1", "max_val_pairs": "4",
             "timestep_stride": "475"}
 

@@ -35,8 +35,8 @@ def prompts(monkeypatch):
 
 def _ctx(bundle, cfg_cls, over, tmp_path, options):
     from lpo_bench.config import build_config
+    from lpo_bench.harness.method import TrainContext
     from lpo_bench.ledger import Ledger
-    from lpo_bench.method import TrainContext
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(tmp_path / "ledger.jsonl")
@@ -76,9 +76,9 @@ def test_timestep_embedding_hand_values():
 
 
 def test_spm_starts_equal_to_its_base_scorer_and_conditions_on_t():
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15")
+    b = tiny.tiny_bundle("sd15")
     spm = StepAwarePreferenceModel.tiny(b.tokenizers[0], image_size=32, hidden=32, layers=2)
     images = torch.rand(3, 3, 40, 48, generator=torch.Generator().manual_seed(0))  # resized + centre-cropped
     prompts = PROMPTS[:3]
@@ -104,10 +104,10 @@ def test_spm_starts_equal_to_its_base_scorer_and_conditions_on_t():
 def test_spm_save_load_is_strict(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from lpo_bench import testing
     from lpo_bench.errors import HarnessError
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15")
+    b = tiny.tiny_bundle("sd15")
     spm = StepAwarePreferenceModel.tiny(b.tokenizers[0], image_size=32, hidden=32, layers=1).attach(b)
     with torch.no_grad():
         for p in spm.adaln.parameters():
@@ -136,10 +136,10 @@ def test_pickscore_pair_loss_hand_values():
 
 
 def test_spm_trainer_steps_and_validation_rows(tiny_pairs, tmp_path):
-    from lpo_bench import testing
     from lpo_bench.baselines.spo.spm_train import SPMConfig, SPMTrainer
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sdxl")
+    b = tiny.tiny_bundle("sdxl")
     ctx = _ctx(b, SPMConfig, FAST_SPM, tmp_path, {"pairs": str(tiny_pairs)})
     tr = SPMTrainer()
     tr.setup(ctx)
@@ -166,10 +166,10 @@ def test_spm_trainer_steps_and_validation_rows(tiny_pairs, tmp_path):
 # ---------------------------------------------------------------------------- SPO
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_spo_steps_change_lora_and_book_decodes_under_score(family, prompts, tmp_path, monkeypatch):
-    from lpo_bench import testing
     from lpo_bench.ledger import Phase
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle(family)
+    b = tiny.tiny_bundle(family)
     m, ledger = _spo(b, tmp_path, _spm_dir(b, tmp_path))
     booked = []
     orig = ledger.count
@@ -195,12 +195,13 @@ def test_spo_steps_change_lora_and_book_decodes_under_score(family, prompts, tmp
 
 
 def test_spo_loss_is_the_shared_step_dpo_loss(prompts, tmp_path, monkeypatch):
-    from lpo_bench import steps, testing
+    from lpo_bench.diffusion import ddim
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15")
+    b = tiny.tiny_bundle("sd15")
     m, ledger = _spo(b, tmp_path, _spm_dir(b, tmp_path), micro_batch_pairs=2)
     seen = []
-    real = steps.step_dpo_loss
+    real = ddim.step_dpo_loss
 
     def spy(lw, ll, rw, rl, *, beta, clip):
         seen.append((lw.detach().clone(), ll.detach().clone(), rw.clone(), rl.clone(), beta, clip))
@@ -220,9 +221,9 @@ def test_spo_loss_is_the_shared_step_dpo_loss(prompts, tmp_path, monkeypatch):
 
 
 def test_spo_without_valid_pairs_ends_without_an_update(prompts, tmp_path):
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    b = testing.tiny_bundle("sd15")
+    b = tiny.tiny_bundle("sd15")
     m, ledger = _spo(b, tmp_path, _spm_dir(b, tmp_path), threshold_spo=1.0, max_updates=None)  # tanh(.) < 1
     before = {k: v.detach().clone() for k, v in b.unet.named_parameters() if "lora_" in k}
     assert not m.is_done(0)
@@ -232,17 +233,17 @@ def test_spo_without_valid_pairs_ends_without_an_update(prompts, tmp_path):
 
 
 def test_spo_resumes_bitwise(prompts, tmp_path):
-    from lpo_bench import testing
+    from lpo_bench.models import tiny
 
-    spm_dir = _spm_dir(testing.tiny_bundle("sd15"), tmp_path)
-    b = testing.tiny_bundle("sd15")
+    spm_dir = _spm_dir(tiny.tiny_bundle("sd15"), tmp_path)
+    b = tiny.tiny_bundle("sd15")
     m, ledger = _spo(b, tmp_path / "a", spm_dir, max_updates=3, train_batch_pairs=4)
     _run(m, ledger, 0, 1)
     state = copy.deepcopy(m.state_dict())
     _run(m, ledger, 1, 2)  # the third update samples a new round: generators and prompt order must resume too
     want = {k: v.detach().clone() for k, v in b.unet.named_parameters() if "lora_" in k}
 
-    b2 = testing.tiny_bundle("sd15")
+    b2 = tiny.tiny_bundle("sd15")
     m2, ledger2 = _spo(b2, tmp_path / "b", spm_dir, max_updates=3, train_batch_pairs=4)
     m2.load_state_dict(state)
     _run(m2, ledger2, 1, 2)
@@ -252,11 +253,12 @@ def test_spo_resumes_bitwise(prompts, tmp_path):
 
 
 def test_spo_through_the_runner_trains_the_spm_first(prompts, tiny_pairs, tmp_path, monkeypatch):
-    from lpo_bench import records, runner, testing
+    from lpo_bench import records, runner
     from lpo_bench import reward_training as rt
+    from lpo_bench.models import tiny
     from lpo_bench.runner import TrainOptions
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: testing.tiny_bundle("sd15", seed=0))
+    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sd15", seed=0))
     orig = rt.make_trainer
     monkeypatch.setattr(rt, "make_trainer", lambda kind, bb, cf, over: orig(kind, bb, cf, {**FAST_SPM, **over}))
     # fsync of ledger rows happens outside the timed phases; on a busy disk it is >1% of a short run

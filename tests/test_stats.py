@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lpo_bench import stats
+from lpo_bench.analysis import stats
 
 
 def test_mean_ci_is_deterministic_and_brackets_the_mean():

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from lpo_bench import records, stats
 from lpo_bench import step_accuracy as sa
+from lpo_bench.data.pairs import encode_png
 from lpo_bench.errors import HarnessError
-from lpo_bench.pairs import encode_png
-from lpo_bench.rewards.base import ScorerProvenance
-from lpo_bench.testing import tiny_bundle
+from lpo_bench.metrics.base import ScorerProvenance
+from lpo_bench.models.tiny import tiny_bundle
 
 TOY_PROMPTS = ["a red circle and a blue square", "two green triangles", "a small circle and a large red square",
                "a red circle on the left of a blue square", "a striped circle and a solid orange triangle"]

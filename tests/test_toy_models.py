@@ -41,7 +41,7 @@ def bundle():
 
 
 def test_shipped_model_loads_offline_and_generates(bundle) -> None:
-    from lpo_bench.sampling import generate_images
+    from lpo_bench.diffusion.generate import generate_images
 
     assert bundle.name == "toy" and bundle.resolution == 32 and bundle.text_kind == "sd"
     assert bundle.latent_shape == (4, 8, 8)

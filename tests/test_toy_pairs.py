@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lpo_bench.data.prompts import toy_prompt_splits
 from lpo_bench.errors import HarnessError
-from lpo_bench.prompts import toy_prompt_splits
 from lpo_bench.toy.pairs import make_pairs
 
 

@@ -27,7 +27,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from lpo_bench import lora
 from lpo_bench.baselines.diffusion_dpo.config import DiffusionDPOConfig
 from lpo_bench.baselines.diffusion_dpo.losses import (
     diffusion_dpo_loss,
@@ -35,33 +34,27 @@ from lpo_bench.baselines.diffusion_dpo.losses import (
     per_sample_mse,
     sft_loss,
 )
-from lpo_bench.bundle import PromptEmbeds
+from lpo_bench.data.pairs import load_pairs
+from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
+from lpo_bench.harness.method import TrainContext
 from lpo_bench.ledger import Phase
-from lpo_bench.method import TrainContext
-from lpo_bench.pairs import load_pairs
-from lpo_bench.sampling import purpose_generator
+from lpo_bench.models import lora
+from lpo_bench.models.bundle import PromptEmbeds
 
 _STAT_KEYS = ("loss", "implicit_acc", "mse_w", "mse_l", "ref_mse_w", "ref_mse_l")
-
-
-def _sum_over_ranks_(ctx: TrainContext, tensors: list[torch.Tensor]) -> None:
-    """In-place all-reduce (sum) through accelerate."""
-    for t in tensors:
-        t.copy_(ctx.accelerator.reduce(t, reduction="sum"))
 
 
 class DiffusionDPO:
     name: ClassVar[str] = "diffusion-dpo"
     version: ClassVar[str] = "1"
-    config_cls: ClassVar[type] = DiffusionDPOConfig
 
     # ------------------------------------------------------------------ setup
-    def setup(self, ctx: TrainContext) -> None:
+    def setup(self, ctx: TrainContext[DiffusionDPOConfig]) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
         cfg, bundle = ctx.cfg, ctx.bundle
-        src = ctx.options.get("pairs")
-        if not src:
+        src = ctx.inputs.pairs
+        if src is None:
             raise HarnessError("Diffusion-DPO trains on preference pairs: pass --pairs DIR (toy pairs from "
                                "`lpo-bench toy make-pairs`, or a local Pick-a-Pic v2 copy)")
         per_rank, rem = divmod(cfg.pairs_per_update, ctx.world_size)
@@ -97,7 +90,7 @@ class DiffusionDPO:
     def accum_steps(self) -> int:
         return -(-self.pairs_per_rank // self.cfg.micro_batch_pairs)
 
-    def _prepare_data(self, src: str) -> None:
+    def _prepare_data(self, src: Path) -> None:
         """Load pairs (ties dropped), put the winner first, cache VAE posteriors (PREP)."""
         cfg, bundle = self.cfg, self.ctx.bundle
         pairs = load_pairs(src, "train", resolution=bundle.resolution, max_rows=cfg.max_pairs, drop_ties=True)
@@ -227,7 +220,7 @@ class DiffusionDPO:
                 for p, g in zip(self.params, grads, strict=True):
                     p.grad = g
                 s_dev = sums.to(ctx.device)
-                _sum_over_ranks_(ctx, [*grads, s_dev])
+                ctx.dist.reduce_([*grads, s_dev], "sum")
                 sums = s_dev.cpu()
             max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf")
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)

@@ -1,13 +1,13 @@
 """SPO: Step-by-step Preference Optimization with the step-aware preference model (baselines.md §2).
 
 Stage 1 (RM_TRAIN, unless ``--spm DIR`` gives a trained one): train the SPM (``spm_train``).
-Stage 2, per round: eta-DDIM with CFG over this process's prompts via ``lpo_bench.steppo``; from
+Stage 2, per round: eta-DDIM with CFG over this process's prompts via ``lpo_bench.methods.stepwise.sampler``; from
 the first step with t <= ``max_train_timestep`` (751, official divert_start_step 4) on, K candidates
 x_{t'} share the mean of x_t and are scored by the scorer below; the (max, min) pair is kept when
 p_w - p_l > ``threshold_spo`` (fixed 0.3); the trajectory continues from a uniformly random
 candidate. Pairs from all ranks are gathered without dropping any and shuffled identically on every
 rank; each minibatch is one optimiser update of LoRA (q/k/v/out) with the clipped step-DPO loss
-``steps.step_dpo_loss`` (β_spo = 10, clip 0.1) on ``steppo.step_pair_logps`` log-probs.
+``ddim.step_dpo_loss`` (β_spo = 10, clip 0.1) on ``sampler.step_pair_logps`` log-probs.
 
 Scorer (all under Phase.SCORE): one CFG pass of the policy UNet on the K candidates at their own
 (child) timestep t' gives ε̂ and x̂0; the ε̂ is handed back to the sampler, which reuses it as the next
@@ -25,39 +25,35 @@ cached prompt embeddings. SDXL's "multi-step" variant (inner steps) is not imple
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from lpo_bench import lora, steppo, steps
 from lpo_bench.baselines.spo.config import SPOConfig
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel
-from lpo_bench.bundle import PromptEmbeds
+from lpo_bench.diffusion import ddim
 from lpo_bench.errors import HarnessError
+from lpo_bench.harness.method import TrainContext
 from lpo_bench.ledger import Phase
-from lpo_bench.prompts import training_prompts
-from lpo_bench.step_rounds import StepRoundMethod, encode_prompts_chunked
+from lpo_bench.methods.stepwise import sampler
+from lpo_bench.methods.stepwise.rounds import StepwiseMethod, encode_prompts_chunked
+from lpo_bench.models import lora
+from lpo_bench.models.bundle import PromptEmbeds
 
 
-class SPO(StepRoundMethod):
+class SPO(StepwiseMethod):
     name: ClassVar[str] = "spo"
     version: ClassVar[str] = "1"
-    config_cls: ClassVar[type] = SPOConfig
 
     # ------------------------------------------------------------------ setup
-    def setup(self, ctx: Any) -> None:
-        from lpo_bench.reward_training import finished_stage, train_reward_stage
-
+    def setup(self, ctx: TrainContext[SPOConfig]) -> None:
+        """The harness has trained (or been given) the SPM in ``ctx.reward_model_dir`` (its RM_TRAIN stage)."""
         self.ctx, self.cfg = ctx, ctx.cfg
         cfg, bundle = ctx.cfg, ctx.bundle
-        self.reward_rows: list[dict] = []
-        spm_path = ctx.options.get("spm") or finished_stage(ctx, "spm")
-        if spm_path is None:
-            spm_path, self.reward_rows = train_reward_stage(ctx, "spm", overrides=ctx.options.get("rm_overrides"))
         with ctx.ledger.phase(Phase.PREP):
-            self.spm = StepAwarePreferenceModel.load(spm_path, bundle, device=bundle.device).requires_grad_(False)
-            self.prompts = training_prompts(ctx.backbone, data_dir=ctx.data_dir, limit=cfg.num_train_prompts)
+            self.spm = StepAwarePreferenceModel.load(ctx.reward_model_dir, bundle, device=bundle.device)
+            self.spm.requires_grad_(False)
+            self.prompts = ctx.prompts.training_prompts(limit=cfg.num_train_prompts)
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
             with torch.no_grad():
@@ -69,7 +65,7 @@ class SPO(StepRoundMethod):
             ctx.ledger.count("reward_text_fwd", len(self.prompts))
         self.params = lora.add_lora(bundle.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
-        self.settings = steppo.RoundSettings(
+        self.settings = sampler.RoundSettings(
             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
             num_candidates=cfg.num_candidates, max_train_timestep=cfg.max_train_timestep,
             min_train_timestep=cfg.min_train_timestep)
@@ -82,7 +78,10 @@ class SPO(StepRoundMethod):
     def threshold(self, t: int) -> float:
         return self.cfg.threshold_spo
 
-    def scorer(self, ids: list[int]) -> steppo.StepScorer:
+    def beta(self) -> float:
+        return self.cfg.beta_spo
+
+    def scorer(self, ids: list[int]) -> sampler.StepScorer:
         """Scorer for a round over prompts ``ids``: decode x̂0 of each candidate, SPM at the child timestep."""
         ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
         text_rows = torch.tensor(ids)
@@ -96,7 +95,7 @@ class SPO(StepRoundMethod):
                 if t_child > 0:
                     eps = bundle.guided_eps(cands, t_child, cond_k, uncond_k, cfg.guidance_scale, unet=bundle.unet)
                     ctx.ledger.count("unet_fwd", n * (2 if cfg.guidance_scale != 1 else 1))
-                    x0 = steps.predict_x0(bundle.scheduler, cands, eps, t_child)
+                    x0 = ddim.predict_x0(bundle.scheduler, cands, eps, t_child)
                 text = self.spm_text[text_rows.repeat(n // len(ids)).to(self.spm_text.device)]  # k-major rows
                 scores = []
                 for s in range(0, n, cfg.score_batch):
@@ -107,43 +106,3 @@ class SPO(StepRoundMethod):
             return torch.cat(scores), eps
 
         return score
-
-    # ------------------------------------------------------------------ one update
-    def _update(self, batch: steppo.StepPairs) -> dict[str, float]:
-        ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
-        self.opt.zero_grad(set_to_none=True)
-        n_global = steppo.global_pair_count(ctx, len(batch))
-        sums = {"loss": 0.0, "implicit_acc": 0.0, "ratio_w": 0.0, "ratio_l": 0.0, "clipped": 0.0}
-        cfg_mult = 2 if cfg.guidance_scale != 1 else 1
-        bundle.unet.train()
-        for s in range(0, len(batch), cfg.micro_batch_pairs):
-            mb = batch.index(torch.arange(s, min(s + cfg.micro_batch_pairs, len(batch))))
-            cond, uncond = self.cond.index(mb.prompt_idx), self.uncond1.repeat(len(mb))
-            logp_w, logp_l = steppo.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
-            with torch.no_grad(), lora.reference_mode(bundle.unet):
-                ref_w, ref_l = steppo.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
-            ctx.ledger.count("unet_fwdbwd", len(mb) * cfg_mult)
-            ctx.ledger.count("unet_fwd", len(mb) * cfg_mult)
-            per = steps.step_dpo_loss(logp_w, logp_l, ref_w, ref_l, beta=cfg.beta_spo, clip=cfg.ratio_clip)
-            # sum over local pairs / global pair count; gradients summed over ranks give the global mean
-            (per.sum() / max(n_global, 1)).backward()
-            with torch.no_grad():
-                lr_w, lr_l = logp_w - ref_w, logp_l - ref_l
-                lo, hi = math.log(1 - cfg.ratio_clip), math.log(1 + cfg.ratio_clip)
-                sums["loss"] += float(per.sum())
-                sums["implicit_acc"] += float((lr_w > lr_l).float().sum() + 0.5 * (lr_w == lr_l).float().sum())
-                sums["ratio_w"] += float(lr_w.exp().sum())
-                sums["ratio_l"] += float(lr_l.exp().sum())
-                sums["clipped"] += float(((lr_w < lo) | (lr_w > hi)).float().sum() + ((lr_l < lo) | (lr_l > hi)).float().sum()) / 2
-        bundle.unet.eval()
-        steppo.sum_grads_over_ranks(ctx, self.params)
-        if cfg.grad_clip_norm > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm)
-        else:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
-        self.opt.step()
-        logs = {k: v / len(batch) for k, v in sums.items()} if len(batch) else {}
-        logs.update(grad_norm=float(gnorm), pairs=float(len(batch)), pairs_global=float(n_global))
-        if len(batch):
-            logs["t_mean"] = float(batch.timesteps.float().mean())
-        return logs

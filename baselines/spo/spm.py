@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpo_bench import steps
-from lpo_bench.bundle import ModelBundle, PromptEmbeds
+from lpo_bench.diffusion import ddim
 from lpo_bench.errors import HarnessError
+from lpo_bench.models.bundle import ModelBundle, PromptEmbeds
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -149,11 +149,11 @@ class StepAwarePreferenceModel(nn.Module):
     def from_pickscore(cls, *, weights_dir: str | Path | None = None, guidance_scale: float = 5.0,
                        allow_download: bool | None = None) -> StepAwarePreferenceModel:
         """SPM initialised from PickScore_v1 (official), resolved offline exactly as the PickScore metric
-        (``lpo_bench.rewards.pickscore``: pinned revisions, tokenizer from the LAION CLIP-H repo)."""
+        (``lpo_bench.metrics.pickscore``: pinned revisions, tokenizer from the LAION CLIP-H repo)."""
         import transformers
 
-        from lpo_bench.rewards._common import CLIP_VOCAB_SIZE, check_vocab, load_hf_model
-        from lpo_bench.rewards.pickscore import LAION_H14_PROCESSOR, PICKSCORE_MODEL
+        from lpo_bench.metrics._common import CLIP_VOCAB_SIZE, check_vocab, load_hf_model
+        from lpo_bench.metrics.pickscore import LAION_H14_PROCESSOR, PICKSCORE_MODEL
 
         model_dir = PICKSCORE_MODEL.resolve(weights_dir, allow_download)
         processor_dir = LAION_H14_PROCESSOR.resolve(weights_dir, allow_download)
@@ -290,12 +290,12 @@ class StepAwarePreferenceModel(nn.Module):
 
 
 def x0_from_eps(bundle: ModelBundle, latents: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """Per-row x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) via ``steps.predict_x0`` (rows may differ in t)."""
+    """Per-row x̂0 = (x_t - sqrt(1-ᾱ_t) ε̂) / sqrt(ᾱ_t) via ``ddim.predict_x0`` (rows may differ in t)."""
     out = torch.empty_like(latents)
     t_cpu = timesteps.cpu()
     for t in t_cpu.unique().tolist():
         rows = (t_cpu == t).nonzero().squeeze(1).to(latents.device)
-        out[rows] = steps.predict_x0(bundle.scheduler, latents[rows], eps[rows], int(t))
+        out[rows] = ddim.predict_x0(bundle.scheduler, latents[rows], eps[rows], int(t))
     return out
 
 

@@ -22,12 +22,12 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from lpo_bench import stats
+from lpo_bench.analysis import stats
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, predicted_clean_images
+from lpo_bench.data.pairs import load_pairs
+from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
-from lpo_bench.pairs import load_pairs
-from lpo_bench.reward_math import pair_ce_per_pair, warmup_linear_decay
-from lpo_bench.sampling import purpose_generator
+from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, warmup_linear_decay
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,14 @@ def lr_at(step: int, cfg: SPMConfig) -> float:
 
 class SPMTrainer:
     kind: ClassVar[str] = "spm"
-    config_cls: ClassVar[type] = SPMConfig
 
     def setup(self, ctx: Any) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
         cfg, bundle = ctx.cfg, ctx.bundle
-        src = ctx.options.get("pairs")
+        src = ctx.inputs.pairs
         if not src:
             raise HarnessError("SPM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
-                               "make-pairs`, or a local Pick-a-Pic v1 copy), or give a trained SPM with --spm DIR")
+                               "make-pairs`, or a local Pick-a-Pic v1 copy), or give a trained SPM with --reward-model DIR")
         self.train = load_pairs(src, "train", resolution=bundle.resolution, max_rows=cfg.max_train_pairs)
         self.val = load_pairs(src, "val", resolution=bundle.resolution, drop_ties=True, max_rows=cfg.max_val_pairs)
         if cfg.base == "pickscore":

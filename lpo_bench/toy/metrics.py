@@ -225,7 +225,7 @@ class _ToyScorer:
         self.options = dict(kwargs)
 
     def load(self, device: str = "cpu"):
-        from lpo_bench.rewards.base import ScorerProvenance
+        from lpo_bench.metrics.base import ScorerProvenance
 
         return ScorerProvenance(
             metric_id=self.id,

@@ -270,7 +270,7 @@ def _read_config(path: Path, what: str) -> dict[str, Any]:
 
 def weights_sha256(root: str | Path) -> dict[str, str]:
     """sha256 of each toy weights file under ``root`` (keys as in WEIGHT_FILES)."""
-    from lpo_bench.weights import file_sha256
+    from lpo_bench.models.weights import file_sha256
 
     return {k: file_sha256(Path(root) / rel) for k, rel in WEIGHT_FILES.items()}
 
@@ -313,12 +313,12 @@ def load_toy_components(root: str | Path) -> tuple[Any, Any, Any]:
 def load_toy_bundle(
     *, weights_dir: str | Path | None = None, device: str = "cpu", dtype: str = "fp32", **ignored: Any
 ) -> Any:
-    """The toy backbone as a :class:`~lpo_bench.bundle.ModelBundle` (registered as ``toy``).
+    """The toy backbone as a :class:`~lpo_bench.models.bundle.ModelBundle` (registered as ``toy``).
 
     Loads ``assets/base/`` (or a toy layout under ``weights_dir``) strictly; any missing, corrupt
     or wrong-shape file raises HarnessError. Provenance records the model version and sha256s.
     """
-    from lpo_bench.bundle import ModelBundle
+    from lpo_bench.models.bundle import ModelBundle
 
     if dtype not in _DTYPES:
         raise HarnessError(f"unknown dtype {dtype!r} for the toy backbone; use one of {', '.join(_DTYPES)}")

@@ -1,6 +1,6 @@
 """Toy Pick-a-Pic: two base-model images per prompt, labelled by the oracle, in the Pick-a-Pic schema.
 
-Each split (train / val / test, disjoint prompts from ``lpo_bench.prompts.toy_prompt_splits``) is one
+Each split (train / val / test, disjoint prompts from ``lpo_bench.data.prompts.toy_prompt_splits``) is one
 parquet file with ``caption``, ``jpg_0``, ``jpg_1`` (PNG bytes), ``label_0``, ``label_1``,
 ``num_example_per_prompt``, the MPCF columns (``different_flag``, ``aesthetic_gap``, ``clipscore_gap``,
 ``vqascore_gap`` from the toy aesthetic / CLIP-like / VQA-like metrics), and toy-only extras
@@ -43,10 +43,10 @@ def make_pairs(
     import pandas as pd
     import torch
 
-    from lpo_bench.methods.lpo.mpcf import gap_columns
-    from lpo_bench.pairs import encode_png
-    from lpo_bench.prompts import toy_prompt_splits
-    from lpo_bench.sampling import generate_images, sample_seed
+    from lpo_bench.data.pairs import encode_png, gap_columns
+    from lpo_bench.data.prompts import toy_prompt_splits
+    from lpo_bench.diffusion.generate import generate_images
+    from lpo_bench.diffusion.seeding import sample_seed
     from lpo_bench.toy import metrics, oracle, world
 
     out = Path(out)

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lpo_bench.bundle import ModelBundle, PromptEmbeds, _tokenize
 from lpo_bench.errors import HarnessError
+from lpo_bench.models.bundle import ModelBundle, PromptEmbeds, _tokenize
 
 LOGIT_SCALE_INIT = 2.6592
 

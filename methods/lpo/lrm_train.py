@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lpo_bench import stats
+from lpo_bench.analysis import stats
+from lpo_bench.data.pairs import GAP_COLUMNS, PairSet, load_pairs
+from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
 from lpo_bench.errors import HarnessError
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
 from lpo_bench.methods.lpo.mpcf import mpcf_keep
-from lpo_bench.pairs import GAP_COLUMNS, PairSet, load_pairs
-from lpo_bench.reward_math import pair_ce_loss, warmup_linear_decay
-from lpo_bench.sampling import purpose_generator, seeded_init
+from lpo_bench.methods.stepwise.losses import pair_ce_loss, warmup_linear_decay
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,13 @@ def lr_at(step: int, cfg: LRMConfig) -> float:
 
 class LRMTrainer:
     kind: ClassVar[str] = "lrm"
-    config_cls: ClassVar[type] = LRMConfig
 
     def setup(self, ctx: Any) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
-        pairs_src = ctx.options.get("pairs")
+        pairs_src = ctx.inputs.pairs
         if not pairs_src:
             raise HarnessError("LRM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
-                               "make-pairs`, or a local Pick-a-Pic v1 copy)")
+                               "make-pairs`, or a local Pick-a-Pic v1 copy), or a trained LRM with --reward-model DIR")
         bundle = ctx.bundle
         train = load_pairs(pairs_src, "train", resolution=bundle.resolution, max_rows=self.cfg.max_train_pairs)
         self.kept_before, train = len(train), self._filter(train)
@@ -131,11 +130,7 @@ class LRMTrainer:
         loss = pair_ce_loss(s0, s1, self.label[idx].to(dev), self.weight[idx].to(dev))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.ctx.world_size > 1:  # average gradients over ranks through accelerate (one global batch)
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad.copy_(self.ctx.accelerator.reduce(p.grad, reduction="mean"))
+        self.ctx.dist.reduce_grads_(self.params, "mean")  # one global batch over ranks
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
         self.opt.step()
         with torch.no_grad():

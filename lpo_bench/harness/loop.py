@@ -1,0 +1,133 @@
+"""The one training loop, for policies and step reward models alike.
+
+``run_loop`` calls ``trainable.train_step`` once per optimiser update until ``is_done``: a policy update runs
+inside ``ledger.step`` (unclaimed time is UPDATE), a reward-model update inside ``ledger.phase(RM_TRAIN)``.
+After each update it checks the loss is finite, appends the logs to a JSONL train log (CHECKPOINT time: off
+the headline clock), checkpoints every N updates, evaluates on a GPU-second cadence, and stops at a budget of
+counted GPU-hours. Checkpoints hold tensors and plain values only and load with ``weights_only=True``, so a
+checkpoint copied from elsewhere cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lpo_bench import records
+from lpo_bench.errors import HarnessError
+from lpo_bench.harness.dist import rng_state, set_rng_state
+from lpo_bench.ledger import COUNTED, Ledger, Phase
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class Checkpointer:
+    """``checkpoint.pt`` of a run: {"step", "state", "rng", "ledger_totals"}; only the main process writes."""
+
+    path: Path
+    write: bool = True
+
+    def save(self, step: int, trainable: Any, ledger: Ledger) -> None:
+        if self.write:
+            state = {"step": step, "state": trainable.state_dict(), "rng": rng_state(),
+                     "ledger_totals": ledger.totals_dict()}
+            records.atomic_torch_save(self.path, state)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def restore(self, trainable: Any, ledger: Ledger) -> int:
+        """Load the checkpoint into ``trainable``, the global RNGs and the ledger; returns the step."""
+        state = load_checkpoint(self.path)
+        trainable.load_state_dict(state["state"])
+        set_rng_state(state["rng"])
+        ledger.rewind(state["ledger_totals"])
+        return int(state["step"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise HarnessError(f"{path} holds objects other than tensors and plain values (it could run code when "
+                           f"loaded); refusing it: pass --overwrite to restart the run") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise HarnessError(f"{path} cannot be read ({type(exc).__name__}); pass --overwrite to restart the run") from None
+    if not isinstance(state, dict) or not {"step", "state", "rng", "ledger_totals"} <= set(state):
+        raise HarnessError(f"{path} is not an lpo-bench checkpoint of this version; pass --overwrite to restart the run")
+    return state
+
+
+@dataclass
+class LoopSettings:
+    label: str  # "lpo", "lrm", ...: prefixes log lines
+    phase: Phase | None = None  # None: policy updates (ledger.step); Phase.RM_TRAIN for reward models
+    checkpoint_every_updates: int | None = None  # None: no periodic checkpoints
+    budget_gpu_h: float | None = None  # counted GPU-hours
+    stop_after_updates: int | None = None  # simulate an interruption (tests)
+    log_every_updates: int = 50
+    train_log: Path | None = None
+    eval_every_gpu_s: float | None = None
+
+
+@dataclass
+class LoopResult:
+    step: int
+    interrupted: bool  # stopped by stop_after_updates before the trainable was done
+    budget_reached: bool
+
+
+def check_finite(logs: dict[str, float], step: int, label: str, where: Path | None) -> None:
+    loss = logs.get("loss")
+    if loss is not None and not math.isfinite(float(loss)):
+        kept = f"the last good checkpoint is kept in {where}; " if where is not None else ""
+        raise HarnessError(f"[{label}] loss became {loss} at update {step}; {kept}lower the learning rate "
+                           f"(--set lr=...) and rerun with --resume, or inspect the train log")
+
+
+def run_loop(trainable: Any, ledger: Ledger, settings: LoopSettings, *, start_step: int = 0,
+             checkpointer: Checkpointer | None = None, evaluate: Callable[[int], None] | None = None,
+             write_logs: bool = True, log: Callable[[str], None] = print) -> LoopResult:
+    """Train until done, budget or interruption (see module docstring)."""
+    s = settings
+    step = start_step
+    next_eval_s = None
+    if evaluate is not None and s.eval_every_gpu_s:
+        next_eval_s = (int(ledger.counted_s() // s.eval_every_gpu_s) + 1) * float(s.eval_every_gpu_s)
+    while not trainable.is_done(step):
+        if s.budget_gpu_h is not None and ledger.gpu_h(COUNTED) >= s.budget_gpu_h:
+            log(f"[{s.label}] budget of {s.budget_gpu_h} GPU-h reached at update {step}")
+            return LoopResult(step, False, True)
+        if s.phase is None:
+            with ledger.step(step):
+                logs = trainable.train_step(step)
+        else:
+            with ledger.phase(s.phase):
+                logs = trainable.train_step(step)
+        check_finite(logs, step, s.label, checkpointer.path.parent if checkpointer else None)
+        step += 1
+        if s.train_log is not None:
+            with ledger.phase(Phase.CHECKPOINT):  # every rank enters each phase: row flushes are collective
+                if write_logs:
+                    with open(s.train_log, "a") as fh:
+                        fh.write(json.dumps({"step": step, "gpu_h": ledger.gpu_h(COUNTED), **logs}) + "\n")
+        if s.log_every_updates and step % s.log_every_updates == 0:
+            log(f"[{s.label}] update {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+        if checkpointer is not None and s.checkpoint_every_updates and step % s.checkpoint_every_updates == 0:
+            with ledger.phase(Phase.CHECKPOINT):
+                checkpointer.save(step, trainable, ledger)
+        if next_eval_s is not None and evaluate is not None and ledger.counted_s() >= next_eval_s:
+            with ledger.phase(Phase.EVAL):
+                evaluate(step)
+            next_eval_s += float(s.eval_every_gpu_s or 0)
+        if s.stop_after_updates is not None and step >= s.stop_after_updates:
+            return LoopResult(step, not trainable.is_done(step), False)
+    return LoopResult(step, False, False)

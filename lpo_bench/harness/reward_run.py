@@ -1,0 +1,128 @@
+"""``lpo-bench train-reward``: a step reward model trained as a run of its own, under ``runs/reward/<run_id>``.
+
+The same lifecycle (:class:`RunRecorder`) and loop (:func:`run_loop`, all time RM_TRAIN) as a policy run, so it
+has the same accelerator handling, CUDA-synced ledger, finite-loss check, checkpoints and ``--resume``. The model
+is written to ``<run>/model``; pass that directory to ``train --reward-model``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lpo_bench import registry
+from lpo_bench.config import config_dict
+from lpo_bench.errors import HarnessError
+from lpo_bench.harness import reward_stage
+from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
+from lpo_bench.harness.identity import data_manifest_sha256
+from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, run_loop
+from lpo_bench.harness.method import RunInputs, TrainContext
+from lpo_bench.harness.run import RunRecorder
+from lpo_bench.ledger import Ledger, Phase, check_identity
+
+
+@dataclass
+class RewardRequest:
+    kind: str  # a name in registry.STEP_REWARD_MODELS
+    pairs: str | None = None
+    backbone: str = "toy"
+    seed: int = 0
+    config_file: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    out_root: str | None = None
+    run_id: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    weights_dir: str | None = None
+    device: str | None = None
+    checkpoint_every_updates: int = 100
+    stop_after_updates: int | None = None  # simulate an interruption (tests)
+
+
+def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = time.perf_counter,
+                     log: Any = print) -> Path:
+    """Train step reward model ``req.kind`` on ``req.pairs``; returns the run directory."""
+    import torch
+
+    from lpo_bench.models.load import load_bundle
+
+    stage = registry.reward_model_spec(registry.check_name("step-reward-model", req.kind))
+    registry.check_name("backbone", req.backbone)
+    cfg = reward_stage.stage_config(stage, req.backbone, config_file=req.config_file, overrides=req.overrides)
+    if not req.pairs:
+        raise HarnessError("--pairs is required: a toy pairs directory (`lpo-bench toy make-pairs`) or a local "
+                           "Pick-a-Pic copy")
+    inputs = RunInputs(pairs=Path(req.pairs), pairs_sha256=data_manifest_sha256(req.pairs))
+    identity = {"kind": "reward", "reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
+                "config": config_dict(cfg), "inputs": inputs.identity()}
+    device = pick_device(req.device)
+    dist = make_dist(device)
+    with RunRecorder("reward", f"{stage.name}-{req.backbone}", identity, out_root=req.out_root, seed=req.seed,
+                     run_id=req.run_id, overwrite=req.overwrite, resume=req.resume, dist=dist) as run:
+        ckpt = Checkpointer(run.dir / CHECKPOINT_FILE, write=dist.is_main)
+        run.keep_on_error = ckpt.exists()
+        ledger = Ledger(run.dir / "ledger.jsonl", clock=clock,
+                        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
+                        devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
+        wall_start = ledger.now()
+        with ledger.phase(Phase.SETUP):
+            seed_everything(req.seed)
+            if bundle is None:
+                bundle = load_bundle(req.backbone, weights_dir=req.weights_dir, device=dist.device(device))
+        ctx = TrainContext(bundle=bundle, cfg=cfg, seed=req.seed, ledger=ledger, run_dir=run.dir, inputs=inputs,
+                           prompts=_NoPrompts(), dist=dist,
+                           weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log)
+        trainer = registry.load_target(stage.trainer)()
+        with ledger.phase(Phase.RM_TRAIN):
+            trainer.setup(ctx)
+        step = 0
+        if run.resuming and ckpt.exists():
+            with ledger.phase(Phase.CHECKPOINT):
+                step = ckpt.restore(trainer, ledger)
+            log(f"resumed {run.run_id} at update {step}")
+        with ledger.phase(Phase.CHECKPOINT):
+            run.start({"reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
+                       "config": config_dict(cfg), "config_hash": run.identity_sha256,
+                       "inputs": {"pairs": str(inputs.pairs), "pairs_sha256": inputs.pairs_sha256},
+                       "model_dir": str(run.dir / "model")},
+                      bundle_provenance=bundle.provenance, backbone=req.backbone,
+                      base_extra={"method": stage.name, "method_version": "1", "seed": req.seed,
+                                  "config_hash": run.identity_sha256})
+        run.keep_on_error = True
+        settings = LoopSettings(label=stage.name, phase=Phase.RM_TRAIN, stop_after_updates=req.stop_after_updates,
+                                checkpoint_every_updates=max(1, req.checkpoint_every_updates),
+                                train_log=run.dir / "train_log.jsonl")
+        result = run_loop(trainer, ledger, settings, start_step=step, checkpointer=ckpt, write_logs=dist.is_main,
+                          log=log)
+        with ledger.phase(Phase.CHECKPOINT):
+            ckpt.save(result.step, trainer, ledger)
+        if result.interrupted:
+            return run.dir
+        with ledger.phase(Phase.EVAL):
+            rows = trainer.validate()
+        with ledger.phase(Phase.CHECKPOINT):
+            if dist.is_main:
+                reward_stage.save_atomically(trainer, run.dir / "model")
+        dist.barrier()
+        if not dist.is_main:
+            return run.dir
+        wall_s = ledger.now() - wall_start
+        residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
+        summary = ledger.summary()
+        cost = [{"kind": "train_cost", "metric": "gpu_h_rm", "value": summary["gpu_h_rm"],
+                 "gpu_h_rm": summary["gpu_h_rm"], "wall_s_total": wall_s, "train_step": result.step,
+                 "higher_is_better": False}]
+        run.write_measurements(rows + cost)
+        run.finish(updates=result.step, ledger=summary, ledger_identity_residual=residual, wall_s=wall_s)
+    log(f"reward model saved to {run.dir / 'model'}")
+    return run.dir
+
+
+class _NoPrompts:
+    """Reward models train on pairs; their trainers never ask for training prompts."""
+
+    def training_prompts(self, limit: int | None = None) -> list[str]:
+        raise HarnessError("a step reward model trains on preference pairs, not on a prompt list")

@@ -1,0 +1,244 @@
+"""``lpo-bench train``: one policy run of a registered method, from a :class:`TrainRequest`.
+
+Order: resolve the method's spec and config and the reward stage's config, hash every input into the run
+identity (all before any model loads, so bad settings fail in seconds), open the run (:class:`RunRecorder`),
+load the backbone (SETUP), get the reward model (given, already trained by an interrupted session, or trained
+now: RM_TRAIN), let the method set itself up (PREP for its preprocessing), restore a checkpoint on ``--resume``,
+then the one loop (:func:`run_loop`), export, a final evaluation (EVAL, off the clock), cost rows, DONE.
+At the end the ledger identity (phases + paused = wall within 1%) is checked and stored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lpo_bench import records, registry
+from lpo_bench.config import config_dict, load_config
+from lpo_bench.errors import HarnessError
+from lpo_bench.harness import reward_stage
+from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
+from lpo_bench.harness.identity import data_manifest_sha256, dir_sha256
+from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, run_loop
+from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
+from lpo_bench.harness.run import RunRecorder
+from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
+
+
+@dataclass
+class TrainRequest:
+    """Everything ``lpo-bench train`` is asked to do (paths are provenance; contents are hashed)."""
+
+    method: str
+    backbone: str = "toy"
+    seed: int = 0
+    config_file: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reward_stage_overrides: dict[str, Any] = field(default_factory=dict)
+    pairs: str | None = None
+    reward_model: str | None = None
+    out_root: str | None = None
+    run_id: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    budget_gpu_h: float | None = None
+    eval_suite: str | None = None
+    eval_every_gpu_s: float | None = None
+    eval_prompts: int = 64
+    checkpoint_every_updates: int = 50
+    weights_dir: str | None = None
+    data_dir: str | None = None
+    device: str | None = None
+    stop_after_updates: int | None = None  # simulate an interruption (tests)
+
+
+def method_config(spec: Any, backbone: str, config_file: str | None, overrides: dict[str, Any]) -> Any:
+    """defaults -> ``configs/<backbone>.toml`` next to the config class -> ``--config`` -> ``--set``."""
+    module, _ = spec.config.split(":")
+    return load_config(registry.load_target(spec.config), method_module=module, backbone=backbone,
+                       config_file=config_file, overrides=overrides)
+
+
+def _prompts_sha256(prompts: PromptSource) -> str:
+    return records.sha256_of(prompts.training_prompts())
+
+
+@dataclass
+class _Plan:
+    """The resolved request: what runs and what identifies it."""
+
+    spec: Any
+    method_cls: Any
+    cfg: Any
+    stage: Any  # StepRewardModelSpec or None
+    stage_cfg: Any
+    inputs: RunInputs
+    identity: dict[str, Any]
+
+
+def plan_run(req: TrainRequest, prompts: PromptSource) -> _Plan:
+    """Validate the request and build the run identity; loads no model."""
+    spec = registry.method_spec(registry.check_name("method", req.method))
+    registry.check_name("backbone", req.backbone)
+    if req.eval_suite:
+        registry.check_name("suite", req.eval_suite)
+    cfg = method_config(spec, req.backbone, req.config_file, req.overrides)
+    stage = registry.reward_model_spec(spec.reward_stage) if spec.reward_stage else None
+    if req.reward_model and stage is None:
+        raise HarnessError(f"method {spec.name} has no reward-model stage; drop --reward-model")
+    train_stage = stage is not None and not req.reward_model
+    if req.reward_stage_overrides and not train_stage:
+        raise HarnessError("--rm-set configures a reward-model stage that this run does not train; drop it")
+    stage_cfg = reward_stage.stage_config(stage, req.backbone, overrides=req.reward_stage_overrides) if train_stage else None
+    needs = set(spec.inputs) | (set(stage.inputs) if train_stage else set())
+    if "pairs" in needs and not req.pairs:
+        what = f"{stage.name} training" if "pairs" not in spec.inputs else spec.name
+        raise HarnessError(f"{what} needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
+                           f"make-pairs`, or a local Pick-a-Pic copy)"
+                           + (f", or a trained {stage.name} with --reward-model DIR" if train_stage else ""))
+    pairs = Path(req.pairs) if req.pairs and "pairs" in needs else None
+    rm = Path(req.reward_model) if req.reward_model else None
+    if rm is not None:
+        reward_stage.check_reward_model_dir(stage, rm)
+    inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs) if pairs else None,
+                       reward_model=rm, reward_model_sha256=dir_sha256(rm) if rm else None,
+                       reward_stage_overrides=dict(req.reward_stage_overrides))
+    method_cls = registry.load_target(spec.method)
+    identity = {
+        "kind": "train", "method": spec.name, "method_version": str(getattr(method_cls, "version", "1")),
+        "backbone": req.backbone, "seed": req.seed, "config": config_dict(cfg), "inputs": inputs.identity(),
+        "prompts_sha256": _prompts_sha256(prompts) if "prompts" in needs else None,
+        "reward_stage": None if stage is None else {
+            "name": stage.name, "config": config_dict(stage_cfg) if stage_cfg is not None else None},
+        "budget_gpu_h": req.budget_gpu_h,
+        "eval": {"suite": req.eval_suite, "every_gpu_s": req.eval_every_gpu_s, "prompts": req.eval_prompts}
+        if req.eval_suite else None,
+    }
+    return _Plan(spec, method_cls, cfg, stage, stage_cfg, inputs, identity)
+
+
+def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | None = None,
+              clock: Any = time.perf_counter, log: Any = print) -> Path:
+    """Train ``req.method``; returns the run directory. ``bundle`` / ``prompts`` replace the registered
+    backbone's model and training prompts (tests pass tiny seeded ones in)."""
+    import torch
+
+    from lpo_bench.data.prompts import BackbonePrompts
+    from lpo_bench.models.load import load_bundle
+
+    prompts = prompts or BackbonePrompts(req.backbone, Path(req.data_dir) if req.data_dir else None)
+    plan = plan_run(req, prompts)
+    device = pick_device(req.device)
+    dist = make_dist(device)
+    with RunRecorder("train", f"{plan.spec.name}-{req.backbone}", plan.identity, out_root=req.out_root,
+                     seed=req.seed, run_id=req.run_id, overwrite=req.overwrite, resume=req.resume,
+                     dist=dist) as run:
+        ckpt = Checkpointer(run.dir / CHECKPOINT_FILE, write=dist.is_main)
+        run.keep_on_error = ckpt.exists()
+        ledger = Ledger(run.dir / "ledger.jsonl", clock=clock,
+                        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
+                        devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
+        wall_start = ledger.now()  # the outer wall clock of this session starts with the ledger
+        with ledger.phase(Phase.SETUP):
+            seed_everything(req.seed)
+            if bundle is None:
+                bundle = load_bundle(req.backbone, weights_dir=req.weights_dir, device=dist.device(device))
+            ctx = TrainContext(bundle=bundle, cfg=plan.cfg, seed=req.seed, ledger=ledger, run_dir=run.dir,
+                               inputs=plan.inputs, prompts=prompts, dist=dist,
+                               weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log)
+            rm_rows, rm_source = _reward_model(ctx, plan)
+            method = plan.method_cls()
+            method.setup(ctx)
+        step = 0
+        if run.resuming and ckpt.exists():
+            with ledger.phase(Phase.CHECKPOINT):
+                step = ckpt.restore(method, ledger)
+            log(f"resumed {run.run_id} at update {step}")
+        with ledger.phase(Phase.CHECKPOINT):  # record keeping is off the headline clock but on the ledger
+            run.start(_run_info(req, plan, ctx, rm_source, run.identity_sha256), bundle_provenance=bundle.provenance,
+                      backbone=req.backbone, base_extra={"method": plan.spec.name, "seed": req.seed,
+                                                         "method_version": plan.identity["method_version"],
+                                                         "config_hash": run.identity_sha256})
+            run.write_measurements(rm_rows)
+        run.keep_on_error = True  # from here on a user error keeps the run for --resume
+        evaluate = (lambda s: _evaluate(ctx, method, req, run, ledger, s)) if req.eval_suite else None
+        settings = LoopSettings(label=plan.spec.name, checkpoint_every_updates=max(1, req.checkpoint_every_updates),
+                                budget_gpu_h=req.budget_gpu_h, stop_after_updates=req.stop_after_updates,
+                                train_log=run.dir / "train_log.jsonl", eval_every_gpu_s=req.eval_every_gpu_s)
+        result = run_loop(method, ledger, settings, start_step=step, checkpointer=ckpt, evaluate=evaluate,
+                          write_logs=dist.is_main, log=log)
+        with ledger.phase(Phase.CHECKPOINT):
+            ckpt.save(result.step, method, ledger)
+        if result.interrupted:
+            return run.dir
+        with ledger.phase(Phase.CHECKPOINT):
+            if dist.is_main:
+                method.export(run.dir / "export")
+        if evaluate is not None:
+            with ledger.phase(Phase.EVAL):
+                evaluate(result.step)
+        if not dist.is_main:
+            return run.dir
+        # Identity per session: a resumed run's earlier sessions were checked when they ran. Paused time is
+        # the ledger's own row writes; everything else happens inside a phase.
+        wall_s = ledger.now() - wall_start
+        residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
+        summary = ledger.summary()
+        run.write_measurements(_cost_rows(summary, result.step, wall_s))
+        run.finish(updates=result.step, ledger=summary, ledger_identity_residual=residual, wall_s=wall_s)
+    return run.dir
+
+
+def _reward_model(ctx: TrainContext[Any], plan: _Plan) -> tuple[list[dict[str, Any]], str | None]:
+    """Set ``ctx.reward_model_dir``; returns (validation rows of a stage trained now, its source)."""
+    if plan.stage is None:
+        return [], None
+    if plan.inputs.reward_model is not None:
+        ctx.reward_model_dir = plan.inputs.reward_model
+        return [], "given"
+    out = ctx.run_dir / plan.stage.name
+    if out.is_dir():  # an interrupted session of this run had finished the stage
+        ctx.reward_model_dir = out
+        return [], "trained"
+    ctx.reward_model_dir, rows = reward_stage.train_stage(ctx, plan.stage, plan.stage_cfg, out)
+    return rows, "trained"
+
+
+def _run_info(req: TrainRequest, plan: _Plan, ctx: TrainContext[Any], rm_source: str | None,
+              config_hash: str) -> dict[str, Any]:
+    inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan.inputs).items()}
+    return {
+        "method": plan.spec.name, "method_role": plan.spec.role, "method_version": plan.identity["method_version"],
+        "backbone": req.backbone, "seed": req.seed, "config": plan.identity["config"],
+        "config_hash": config_hash, "inputs": inputs,
+        "reward_stage": None if plan.stage is None else {
+            "name": plan.stage.name, "source": rm_source, "model_dir": str(ctx.reward_model_dir),
+            "config": plan.identity["reward_stage"]["config"]},
+        "request": {k: v for k, v in asdict(req).items() if k not in ("overrides", "reward_stage_overrides")},
+        "overrides": req.overrides,
+    }
+
+
+def _cost_rows(summary: dict[str, Any], step: int, wall_s: float) -> list[dict[str, Any]]:
+    rows = [{"kind": "train_cost", "metric": m, "value": summary[m]}
+            for m in ("gpu_h_counted", "gpu_h_rm", "gpu_h_total_incl_rm")]
+    rows.append({"kind": "train_cost", "metric": "updates", "value": float(step)})
+    rows += [{"kind": "train_cost", "metric": f"seconds_{p}", "value": s} for p, s in summary["seconds_by_phase"].items()]
+    for r in rows:
+        r.update(gpu_h_counted=summary["gpu_h_counted"], gpu_h_rm=summary["gpu_h_rm"], wall_s_total=wall_s,
+                 train_step=step, higher_is_better=False)
+    return rows
+
+
+def _evaluate(ctx: TrainContext[Any], method: Any, req: TrainRequest, run: RunRecorder, ledger: Ledger,
+              step: int) -> None:
+    from lpo_bench.evaluation import evaluate_unet
+
+    rows, _ = evaluate_unet(ctx.bundle, method.policy_unet(), req.eval_suite, split="val",
+                            max_prompts=req.eval_prompts, data_dir=Path(req.data_dir) if req.data_dir else None,
+                            weights_dir=ctx.weights_dir)
+    for r in rows:
+        r.update(train_step=step, gpu_h_at_measurement=ledger.gpu_h(COUNTED), gpu_h_rm=ledger.gpu_h((Phase.RM_TRAIN,)))
+    run.write_measurements(rows)

@@ -1,0 +1,62 @@
+"""Losses shared by the step-level methods: the clipped step-DPO loss of the policy update, and the pairwise
+cross-entropy and learning-rate schedule of the step reward-model trainers (LRM for LPO, SPM for SPO)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def pair_ce_per_pair(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor) -> torch.Tensor:
+    """Per-pair PickScore cross-entropy [b] (see ``pair_ce_loss``; not yet weighted or averaged)."""
+    logp = F.log_softmax(torch.stack([s0, s1], dim=-1), dim=-1)
+    l0 = label_0.to(logp)
+    return -(l0 * logp[:, 0] + (1 - l0) * logp[:, 1]) + (l0 == 0.5).to(logp) * math.log(0.5)
+
+
+def pair_ce_loss(
+    s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PickScore-style 2-way cross-entropy with soft labels (lpo.md §3.3, baselines.md §2.2).
+
+    s0, s1, label_0, weight: [b] -> scalar.
+    ℓ_n = -(ℓ0·log p0 + ℓ1·log p1) + 1[tie]·log 0.5 with (p0, p1) = softmax(s0, s1) and ℓ1 = 1 - ℓ0;
+    weights w_n (e.g. 1/num_examples_per_prompt) are normalised to sum 1 (uniform when None).
+    For a win/lose pair ℓ_n = -log σ(s_w - s_l); an ideal tie (s0 = s1) costs 0.
+    """
+    per = pair_ce_per_pair(s0, s1, label_0)
+    w = torch.ones_like(per) if weight is None else weight.to(per)
+    return (per * w).sum() / w.sum()
+
+
+def warmup_linear_decay(step: int, *, peak: float, warmup: int, total: int) -> float:
+    """Learning rate at ``step``: linear warmup to ``peak`` over ``warmup`` steps, then linear decay to 0 at
+    ``total`` (DeepSpeed WarmupDecayLR with a linear warmup)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def step_dpo_loss(
+    logp_w: torch.Tensor,
+    logp_l: torch.Tensor,
+    ref_logp_w: torch.Tensor,
+    ref_logp_l: torch.Tensor,
+    *,
+    beta: float,
+    clip: float = 0.1,
+) -> torch.Tensor:
+    """Clipped-ratio step-DPO loss of SPO and LPO (paper Eq. 6 plus SPO's ratio clipping).
+
+    All inputs [b] per-element-mean log-probabilities (``step_log_prob``). Per pair:
+    r = clip(exp(logp - ref_logp), 1 - clip, 1 + clip);  L = -log σ(β (log r_w - log r_l)).
+    Returns [b] (not averaged). A ratio outside the clip range contributes no gradient, exactly as
+    the official hard clamp; clamping the log-ratio is equivalent and avoids exp overflow.
+    ``beta`` is scoped by the caller: ``beta_lpo`` (500) or ``beta_spo`` (10).
+    """
+    lo, hi = math.log(1 - clip), math.log(1 + clip)
+    log_r_w = torch.clamp(logp_w - ref_logp_w, lo, hi)
+    log_r_l = torch.clamp(logp_l - ref_logp_l, lo, hi)
+    return -F.logsigmoid(beta * (log_r_w - log_r_l))

@@ -1,0 +1,200 @@
+"""The round loop and the one policy update shared by the step-level methods (LPO, SPO).
+
+A round samples one trajectory per prompt for ``prompts_per_round`` prompts per rank, taken from a shuffled
+per-epoch order that every rank draws identically; the valid step pairs of all ranks are gathered
+(``sampler.gather_step_pairs``) and feed ``ceil(largest rank share / train_batch_pairs)`` updates, after which
+the next round is sampled. Each update is the clipped step-DPO loss (``losses.step_dpo_loss``) on policy and
+reference step log-probabilities, accumulated over micro-batches, gradients summed over ranks and divided by
+the global pair count (so an update is the same whatever the number of processes), one AdamW step.
+
+A method subclasses :class:`StepwiseMethod` and supplies only its reward side (``scorer``, ``threshold``) and
+its ``beta``; the state kept here is exactly what a checkpoint needs to resume bit-identically. The subclass's
+``setup`` sets ``ctx``, ``cfg`` (a ``StepwiseConfig``), ``prompts``, ``cond`` (one row per prompt), ``uncond1``,
+``settings``, ``params`` and ``opt``, then calls :meth:`StepwiseMethod.init_rounds`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from lpo_bench.diffusion.seeding import purpose_generator
+from lpo_bench.errors import HarnessError
+from lpo_bench.ledger import Phase
+from lpo_bench.methods.stepwise import sampler
+from lpo_bench.methods.stepwise.losses import step_dpo_loss
+from lpo_bench.models import lora
+from lpo_bench.models.bundle import ModelBundle, PromptEmbeds
+
+
+def encode_prompts_chunked(bundle: ModelBundle, prompts: list[str], chunk: int = 256) -> PromptEmbeds:
+    """The policy's conditioning for every training prompt, cached once per run (encoded ``chunk`` at a time)."""
+    return PromptEmbeds.cat([bundle.encode_prompts(prompts[s : s + chunk]) for s in range(0, len(prompts), chunk)])
+
+
+class StepwiseMethod:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    # ------------------------------------------------------------------ hooks
+    def scorer(self, ids: list[int]) -> sampler.StepScorer:
+        """Scores of the K candidates of one denoising step for the round's prompts ``ids``."""
+        raise NotImplementedError
+
+    def threshold(self, t: int) -> float:
+        """Minimum best-minus-worst score gap at timestep t for the step to yield a pair."""
+        raise NotImplementedError
+
+    def beta(self) -> float:
+        """The DPO beta of this method's loss (scoped in its config: ``beta_lpo``, ``beta_spo``)."""
+        raise NotImplementedError
+
+    def drop_remainder(self) -> bool:
+        """Drop the pairs that do not divide evenly over the ranks (official LPO); default: keep them all."""
+        return False
+
+    # ------------------------------------------------------------------ one update
+    def _update(self, batch: sampler.StepPairs) -> dict[str, float]:
+        """One optimiser update on ``batch`` (this rank's share). Logs are means over the local pairs:
+        loss, implicit_acc (winner's log-ratio above the loser's, ties 1/2), ratio_w / ratio_l (likelihood ratios
+        to the reference), clipped (fraction of ratios outside the clip range), grad_norm (before clipping)."""
+        ctx, cfg, bundle = self.ctx, self.cfg, self.ctx.bundle
+        self.opt.zero_grad(set_to_none=True)
+        n_global = ctx.dist.sum_int(len(batch))
+        sums = {"loss": 0.0, "implicit_acc": 0.0, "ratio_w": 0.0, "ratio_l": 0.0, "clipped": 0.0}
+        cfg_mult = 2 if cfg.guidance_scale != 1 else 1
+        lo, hi = math.log(1 - cfg.ratio_clip), math.log(1 + cfg.ratio_clip)
+        micro = cfg.micro_batch_pairs or max(len(batch), 1)
+        bundle.unet.train()
+        for s in range(0, len(batch), micro):
+            mb = batch.index(torch.arange(s, min(s + micro, len(batch))))
+            cond, uncond = self.cond.index(mb.prompt_idx), self.uncond1.repeat(len(mb))
+            logp_w, logp_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
+            with torch.no_grad(), lora.reference_mode(bundle.unet):
+                ref_w, ref_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
+            ctx.ledger.count("unet_fwdbwd", len(mb) * cfg_mult)
+            ctx.ledger.count("unet_fwd", len(mb) * cfg_mult)
+            per = step_dpo_loss(logp_w, logp_l, ref_w, ref_l, beta=self.beta(), clip=cfg.ratio_clip)
+            # sum over local pairs / global pair count; gradients summed over ranks give the global mean
+            (per.sum() / max(n_global, 1)).backward()
+            with torch.no_grad():
+                lr_w, lr_l = logp_w - ref_w, logp_l - ref_l
+                sums["loss"] += float(per.sum())
+                sums["implicit_acc"] += float((lr_w > lr_l).float().sum() + 0.5 * (lr_w == lr_l).float().sum())
+                sums["ratio_w"] += float(lr_w.exp().sum())
+                sums["ratio_l"] += float(lr_l.exp().sum())
+                out_w, out_l = (lr_w < lo) | (lr_w > hi), (lr_l < lo) | (lr_l > hi)
+                sums["clipped"] += float(out_w.float().sum() + out_l.float().sum()) / 2
+        bundle.unet.eval()  # sampling and evaluation run the UNet in eval mode
+        ctx.dist.reduce_grads_(self.params)
+        no_clip = cfg.official_grad_clip_noop or cfg.grad_clip_norm <= 0
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, float("inf") if no_clip else cfg.grad_clip_norm)
+        self.opt.step()
+        logs = {k: v / len(batch) for k, v in sums.items()} if len(batch) else {}
+        logs.update(grad_norm=float(gnorm), pairs=float(len(batch)), pairs_global=float(n_global))
+        if len(batch):
+            logs["t_mean"] = float(batch.timesteps.float().mean())
+        return logs
+
+    # ------------------------------------------------------------------ rounds
+    def init_rounds(self) -> None:
+        self.gen_sample = purpose_generator(self.ctx.seed, f"{self.name}-sample", self.ctx.rank)
+        self.gen_order = purpose_generator(self.ctx.seed, f"{self.name}-order")  # identical on every rank
+        self.order: list[int] = []
+        self.epoch = 0
+        self.buffer: sampler.StepPairs | None = None
+        self.buffer_pos = 0
+        self.updates_left = 0  # updates still to run on the current round's pairs (equal on every rank)
+        self.rounds = 0
+        self.last_round_logs: dict[str, float] = {}
+
+    def _next_prompt_ids(self) -> list[int]:
+        """This rank's prompts for the next round, from a shuffled per-epoch order shared by all ranks."""
+        per_round = self.cfg.prompts_per_round * self.ctx.world_size
+        if len(self.order) < per_round and self.epoch < self.cfg.epochs:
+            self.order += torch.randperm(len(self.prompts), generator=self.gen_order).tolist()
+            self.epoch += 1
+        take, self.order = self.order[:per_round], self.order[per_round:]
+        return take[self.ctx.rank :: self.ctx.world_size]
+
+    def _sample_round(self) -> tuple[sampler.StepPairs, int]:
+        ctx = self.ctx
+        ids = self._next_prompt_ids()
+        pairs, logs = sampler.StepPairs.empty(ctx.bundle.latent_shape), {}
+        if ids:
+            pairs, logs = sampler.sample_step_pairs(
+                ctx.bundle, ctx.bundle.unet, self.cond.index(ids), self.uncond1.repeat(len(ids)),
+                settings=self.settings, scorer=self.scorer(ids), threshold=self.threshold,
+                generator=self.gen_sample, ledger=ctx.ledger)
+            if len(pairs):
+                pairs.prompt_idx = torch.tensor(ids, dtype=torch.long)[pairs.prompt_idx]
+        self.last_round_logs = logs
+        self.rounds += 1
+        with ctx.ledger.phase(Phase.SAMPLE):
+            return sampler.gather_step_pairs(ctx, pairs, self.gen_order, drop_remainder=self.drop_remainder())
+
+    def _exhausted(self) -> bool:
+        return self.epoch >= self.cfg.epochs and len(self.order) == 0
+
+    def train_step(self, step: int) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        while self.updates_left == 0:
+            if self._exhausted():
+                return {"skipped": 1.0}  # the last rounds gave no valid pair: nothing left to train on
+            (self.buffer, max_share), self.buffer_pos = self._sample_round(), 0
+            self.updates_left = math.ceil(max_share / self.cfg.train_batch_pairs)
+            logs.update(self.last_round_logs)
+        assert self.buffer is not None
+        n = self.cfg.train_batch_pairs
+        batch = self.buffer.index(torch.arange(self.buffer_pos, min(self.buffer_pos + n, len(self.buffer))))
+        self.buffer_pos += n
+        self.updates_left -= 1
+        with self.ctx.ledger.phase(Phase.UPDATE):
+            logs.update(self._update(batch))
+        return logs
+
+    @property
+    def pending_updates(self) -> int:
+        """Updates left on the pairs already sampled (``bench`` times one round and the updates it feeds)."""
+        return self.updates_left
+
+    def is_done(self, step: int) -> bool:
+        if self.cfg.max_updates is not None and step >= self.cfg.max_updates:
+            return True
+        return self._exhausted() and self.updates_left == 0
+
+    # ------------------------------------------------------------------ state / export
+    def policy_unet(self) -> Any:
+        return self.ctx.bundle.unet
+
+    def export(self, out_dir: Path) -> Path:
+        return lora.export_lora(self.ctx.bundle.unet, out_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        buf = None if self.buffer is None else {f: getattr(self.buffer, f).clone() for f in self.buffer.__dataclass_fields__}
+        return {
+            "lora": {k: v.detach().clone() for k, v in lora.lora_state(self.ctx.bundle.unet).items()},
+            "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
+            "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch, "buffer": buf,
+            "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unet = self.ctx.bundle.unet
+        if set(state["lora"]) != set(lora.lora_state(unet)):
+            raise HarnessError("the checkpoint's LoRA does not match this model (different rank or targets?); "
+                               "rerun with --overwrite")
+        with torch.no_grad():
+            params = dict(unet.named_parameters())
+            for k, v in state["lora"].items():
+                params[k].copy_(v)
+        self.opt.load_state_dict(state["opt"])
+        self.gen_sample.set_state(state["gen_sample"])
+        self.gen_order.set_state(state["gen_order"])
+        self.order, self.epoch = list(state["order"]), int(state["epoch"])
+        self.buffer = None if state["buffer"] is None else sampler.StepPairs(**state["buffer"])
+        self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
+        self.updates_left = int(state["updates_left"])
