@@ -74,7 +74,7 @@ def train(
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Checkpoint every N updates"),
     rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
     reward_model: Optional[Path] = typer.Option(
-        None, "--reward-model", "--lrm", "--spm", help="Use this trained step reward model instead of training one"),
+        None, "--reward-model", help="Use this trained step reward model instead of training one"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     download: bool = DOWNLOAD,
@@ -151,10 +151,10 @@ def eval_cmd(
 
     for s in suite:
         registry.check_name("suite", s)
-    from lpo_bench import evaluation
+    from lpo_bench.evaluation import eval_run
 
     for s in suite:
-        run_dir = evaluation.eval_run(
+        run_dir = eval_run(
             model, s, backbone=backbone, split=split, max_prompts=max_prompts, images_per_prompt=images_per_prompt,
             batch_size=batch_size, out_root=str(out_root) if out_root else None, overwrite=overwrite,
             weights_dir=str(weights_dir) if weights_dir else None, data_dir=str(data_dir) if data_dir else None,
@@ -168,7 +168,7 @@ def step_accuracy(
     pairs: Path = typer.Option(..., "--pairs", help="Held-out preference pairs (toy pairs dir)"),
     backbone: str = typer.Option("toy", "--backbone"),
     reward_model: Optional[list[Path]] = typer.Option(
-        None, "--reward-model", "--lrm", "--spm", help="Trained step reward model directory, repeatable"),
+        None, "--reward-model", help="Trained step reward model directory, repeatable"),
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Pixel metric(s) scored on decoded inputs"),
     timesteps: str = typer.Option("1,101,201,301,401,501,601,701,801,901,951", "--timesteps"),
     max_pairs: int = typer.Option(256, "--max-pairs"),
@@ -178,13 +178,13 @@ def step_accuracy(
     device: Optional[str] = DEVICE,
 ) -> None:
     """Pairwise accuracy of step reward models (and pixel metrics) at each noise level t."""
-    from lpo_bench import step_accuracy as sa
+    from lpo_bench.evaluation.step_accuracy import step_accuracy_run
 
     try:
         grid = [int(x) for x in timesteps.split(",") if x.strip()]
     except ValueError:
         raise HarnessError(f"--timesteps {timesteps!r} must be comma-separated integers, e.g. 1,251,501") from None
-    run_dir = sa.step_accuracy_run(
+    run_dir = step_accuracy_run(
         pairs_dir=pairs, backbone=backbone, reward_models=list(reward_model or []), metrics=list(metric or []),
         timesteps=grid,
         max_pairs=max_pairs, out_root=str(out_root) if out_root else None, overwrite=overwrite,
@@ -213,6 +213,7 @@ def demo(
     report: Path = typer.Option(Path("reports/demo"), "--report"),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2"),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds), for smoke tests"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered)"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
@@ -222,7 +223,9 @@ def demo(
         seed_list = [int(x) for x in seeds.split(",") if x.strip()]
     except ValueError:
         raise HarnessError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
-    demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, quick=quick, overwrite=overwrite)
+    method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, quick=quick,
+                      overwrite=overwrite)
 
 
 @app.command()
@@ -247,10 +250,10 @@ def bench(
 ) -> None:
     """Cost of one sampling step (LPO paper Tab. 5) and one training step per method, and the harness overhead.
 
-    --method takes a name or a comma-separated list (e.g. lpo,spo)."""
+    --method takes a name, a comma-separated list (e.g. lpo,spo) or all."""
     from lpo_bench import bench as bench_mod
 
-    bench_mod.run_bench(method=method, backbone=backbone, random_weights=random_weights, repeats=repeats,
+    bench_mod.run_bench(methods=method, backbone=backbone, random_weights=random_weights, repeats=repeats,
                         device=device, out=out, parts=[p.strip() for p in parts.split(",")] if parts else None,
                         num_candidates=candidates, warmup=warmup, autocast_dtype=autocast,
                         gradient_checkpointing=grad_ckpt, compile=compile_, threads=threads,

@@ -55,7 +55,7 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         if "=" not in item or not item.split("=", 1)[0].strip():
-            raise HarnessError(f"--set {item!r} is malformed; use --set key=value, e.g. --set beta_lpo=500")
+            raise HarnessError(f"--set {item!r} is malformed; use --set key=value, e.g. --set lr=1e-4")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out

@@ -45,7 +45,7 @@ def run_demo(
     from lpo_bench.harness.train import TrainRequest, train_run
     from lpo_bench.toy.pairs import make_pairs
 
-    specs = [registry.method_spec(m) for m in (methods or list(registry.METHODS))]
+    specs = [registry.method_spec(registry.check_name("method", m)) for m in (methods or list(registry.METHODS))]
     t0 = time.perf_counter()
     out_root = Path(out_root)
     timings: dict[str, float] = {}

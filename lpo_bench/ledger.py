@@ -5,8 +5,9 @@ step (``ledger.step``) time not claimed by a method phase is charged to UPDATE, 
 runner's outer timer stays the ground truth. Rows go to ``ledger.jsonl`` (append-only,
 flushed per row). GPU-hours = wall seconds x devices allocated / 3600.
 
-Headline accounting (architecture.md §4.5): PREP, SAMPLE, SCORE and UPDATE count; RM_TRAIN
-is reported separately (amortised); SETUP, EVAL and CHECKPOINT are recorded but off the clock.
+Headline accounting (after AlgoPerf's timing rules): PREP, SAMPLE, SCORE and UPDATE count; RM_TRAIN
+is reported separately (amortised: LPO's speedup depends on including it or not); SETUP, EVAL and
+CHECKPOINT are recorded but off the clock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run records: directories, provenance, atomic writes, the measurement schema.
 
-Layout (architecture.md §4.7)::
+Layout::
 
     runs/<kind>/<run_id>/
       run.json              provenance + resolved config + status + ledger summary
@@ -209,7 +209,8 @@ def runs_root(out_root: str | Path | None = None) -> Path:
     return Path(out_root or os.environ.get("LPO_BENCH_RUNS", "runs"))
 
 
-def prepare_run_dir(root: Path, kind: str, run_id: str, *, overwrite: bool, resume: bool) -> Path:
+def prepare_run_dir(root: Path, kind: str, run_id: str, *, overwrite: bool, resume: bool,
+                    resumable: bool = True) -> Path:
     """Create (or reopen for --resume) ``root/kind/run_id``; never clobber a finished run."""
     run_dir = Path(root) / kind / run_id
     if run_dir.exists():
@@ -222,10 +223,12 @@ def prepare_run_dir(root: Path, kind: str, run_id: str, *, overwrite: bool, resu
             return run_dir
         elif done:
             raise HarnessError(f"run {run_dir} already exists and is finished; pass --overwrite to replace it")
-        else:
+        elif resumable:
             raise HarnessError(
                 f"run {run_dir} exists but is unfinished; pass --resume to continue it or --overwrite to restart"
             )
+        else:
+            raise HarnessError(f"run {run_dir} exists but is unfinished (interrupted); pass --overwrite to redo it")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_diffusers_dir
 
 from lpo_bench.errors import HarnessError
 from lpo_bench.models import backbones
 from lpo_bench.models.backbones import (
     BACKBONE_SPECS,
-    load_dir,
-    load_from_components,
     SD15,
     SD21,
     SDXL,
+    load_dir,
+    load_from_components,
 )
-from lpo_bench.models.tiny import clip_tokenizer, tiny_bundle, tiny_components, tiny_diffusers_dir
+from lpo_bench.models.tiny import clip_tokenizer, tiny_bundle, tiny_components
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

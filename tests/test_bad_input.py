@@ -2,20 +2,17 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from resume_settings import lpo_request, tiny_inputs
 
-from lpo_bench import records, runner
+from lpo_bench import records
 from lpo_bench.cli import main
 from lpo_bench.data.pairs import encode_png, load_pairs
 from lpo_bench.errors import HarnessError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from resume_settings import lpo_options, patch_tiny  # noqa: E402
+from lpo_bench.harness.train import train_run
 
 
 def _err_line(capsys):
@@ -86,7 +83,6 @@ def test_malformed_config_file_via_cli(tmp_path, capsys):
 def test_nan_loss_stops_with_diagnostics_and_keeps_last_checkpoint(tiny_pairs, tmp_path, monkeypatch):
     from lpo_bench.methods.lpo.method import LPO
 
-    patch_tiny(runner, testing)
     orig = LPO._update
 
     def update(self, batch):
@@ -99,18 +95,19 @@ def test_nan_loss_stops_with_diagnostics_and_keeps_last_checkpoint(tiny_pairs, t
     monkeypatch.setattr(LPO, "updates_done", 0, raising=False)
     monkeypatch.setattr(LPO, "_update", update)
     with pytest.raises(HarnessError, match="loss became nan at update 3.*--resume"):
-        runner.train_run(lpo_options(tiny_pairs, tmp_path), log=lambda *_: None)
+        train_run(lpo_request(tiny_pairs, tmp_path), **tiny_inputs(), log=lambda *_: None)
     run_dir = tmp_path / "train" / "lpo-tiny"
     assert (run_dir / "checkpoint.pt").exists() and not records.is_done(run_dir)
     import torch
 
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 2  # the last good one
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 2  # the last good one
 
 
-def test_finished_run_is_not_overwritten(tmp_path, capsys):
+def test_finished_run_is_not_overwritten(tmp_path, capsys, tiny_pairs):
     d = records.prepare_run_dir(tmp_path, "train", "lpo-toy-x-s0", overwrite=False, resume=False)
     records.atomic_write_json(d / "run.json", {"keep": True})
     records.mark_done(d)
-    assert main(["train", "--method", "lpo", "--out-root", str(tmp_path), "--run-id", "lpo-toy-x-s0"]) == 2
+    assert main(["train", "--method", "lpo", "--out-root", str(tmp_path), "--run-id", "lpo-toy-x-s0",
+                 "--pairs", str(tiny_pairs)]) == 2
     assert "--overwrite" in _err_line(capsys)
     assert json.loads((d / "run.json").read_text()) == {"keep": True}

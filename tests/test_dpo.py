@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import method_ctx
 
 from lpo_bench.baselines.diffusion_dpo.config import DiffusionDPOConfig
 from lpo_bench.baselines.diffusion_dpo.losses import (
@@ -14,16 +15,6 @@ from lpo_bench.baselines.diffusion_dpo.losses import (
     per_sample_mse,
     sft_loss,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared, busy 2-core box are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 FAST = {"pairs_per_update": 4, "micro_batch_pairs": 2, "max_updates": 2, "lr": 1e-3, "scale_lr": False,
         "lr_warmup_updates": 0, "lora_rank": 2, "random_flip": False}
@@ -74,17 +65,11 @@ def test_implicit_accuracy_branches():
 def _setup(bundle, pairs, tmp_path, **over):
     from lpo_bench.baselines.diffusion_dpo.method import DiffusionDPO
     from lpo_bench.config import build_config
-    from lpo_bench.harness.method import TrainContext
-    from lpo_bench.ledger import Ledger
 
-    cfg = build_config(DiffusionDPOConfig, FAST, over)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(tmp_path / "ledger.jsonl")
-    ctx = TrainContext(bundle=bundle, cfg=cfg, seed=0, ledger=ledger, run_dir=tmp_path, backbone="sd15",
-                       options={"pairs": str(pairs)} if pairs else {}, log=lambda *_: None)
+    ctx = method_ctx(bundle, build_config(DiffusionDPOConfig, FAST, over), tmp_path, pairs=pairs)
     m = DiffusionDPO()
     m.setup(ctx)
-    return m, ledger
+    return m, ctx.ledger
 
 
 def _steps(m, ledger, n, start=0):
@@ -185,18 +170,15 @@ def test_missing_pairs_is_a_harness_error(tmp_path):
         _setup(tiny.tiny_bundle("sd15"), None, tmp_path)
 
 
-def test_dpo_through_the_runner_exports_lora(tiny_pairs, tmp_path, monkeypatch):
-    from lpo_bench import records, runner
+def test_dpo_through_the_harness_exports_lora(tiny_pairs, tmp_path):
+    from lpo_bench import records
+    from lpo_bench.harness.train import TrainRequest, train_run
     from lpo_bench.models import tiny
-    from lpo_bench.runner import TrainOptions
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sdxl", seed=0))
-    # fsync of ledger rows happens outside the timed phases; on a busy disk it is >1% of a 2 s run
-    monkeypatch.setattr("lpo_bench.ledger.os.fsync", lambda fd: None)
-    opts = TrainOptions(method="diffusion-dpo", backbone="sdxl", overrides={**FAST, "optimizer": "adamw",
-                                                                             "gradient_checkpointing": False},
-                        out_root=str(tmp_path), extra={"pairs": str(tiny_pairs)}, checkpoint_every_updates=1)
-    run_dir = runner.train_run(opts, log=lambda *_: None)
+    req = TrainRequest(method="diffusion-dpo", backbone="sdxl", out_root=str(tmp_path), pairs=str(tiny_pairs),
+                       overrides={**FAST, "optimizer": "adamw", "gradient_checkpointing": False},
+                       checkpoint_every_updates=1)
+    run_dir = train_run(req, bundle=tiny.tiny_bundle("sdxl", seed=0), log=lambda *_: None)
     assert records.is_done(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["updates"] == 2

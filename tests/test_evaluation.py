@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lpo_bench import evaluation, records, stats
+from lpo_bench import evaluation, records
+from lpo_bench.analysis import stats
 from lpo_bench.data import suites
 from lpo_bench.diffusion.generate import generate_images
 from lpo_bench.diffusion.seeding import sample_seed
@@ -224,18 +225,17 @@ def test_image_file_names():
 
 
 # ---------------------------------------------------------------------------- runs
-@pytest.fixture
-def toy_env(bundle, monkeypatch):
-    """base:toy -> the tiny bundle (fresh per load, as LoRA loading edits the UNet); 2-step toy suites."""
-    import lpo_bench.runner as runner
-
-    monkeypatch.setattr(runner, "load_backbone", lambda name, weights_dir=None, device="cpu": tiny_bundle("sd15", resolution=32))
-    monkeypatch.setattr(suites, "TOY_COMPBENCH", fast(suites.TOY_COMPBENCH))
+def toy_bundle():
+    """A fresh tiny bundle standing in for base:toy (fresh per run, as LoRA loading edits the UNet)."""
+    return tiny_bundle("sd15", resolution=32)
 
 
-def test_eval_run_toy_records(toy_env, tmp_path):
-    run = evaluation.eval_run("base:toy", "toy-compbench", max_prompts=6, images_per_prompt=2, batch_size=5,
-                              out_root=tmp_path, log=lambda m: None)
+TOY_COMPBENCH_FAST = fast(suites.TOY_COMPBENCH)
+
+
+def test_eval_run_toy_records(tmp_path):
+    run = evaluation.eval_run("base:toy", TOY_COMPBENCH_FAST, max_prompts=6, images_per_prompt=2, batch_size=5,
+                              out_root=tmp_path, bundle=toy_bundle(), log=lambda m: None)
     assert run.parent == tmp_path / "eval" and run.name.startswith("base-toy-toy-compbench-test-")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "done" and info["sampler"]["num_inference_steps"] == 2 and info["n_images"] == 12
@@ -247,14 +247,18 @@ def test_eval_run_toy_records(toy_env, tmp_path):
     assert len(ps) == 12 and set(ps.columns) >= {"prompt_id", "prompt", "category", "image_idx", "sample_seed", "metric", "score"}
     assert len(list((run / "images").rglob("*.png"))) == 12 and (run / "samples_grid.png").exists()
     assert records.is_done(run)
-    with pytest.raises(HarnessError, match="already exists"):
-        evaluation.eval_run("base:toy", "toy-compbench", max_prompts=6, images_per_prompt=2, out_root=tmp_path)
-    again = evaluation.eval_run("base:toy", "toy-compbench", max_prompts=6, images_per_prompt=2, batch_size=12,
-                                out_root=tmp_path, overwrite=True, log=lambda m: None)
+    with pytest.raises(HarnessError, match="already exists and is finished"):
+        evaluation.eval_run("base:toy", TOY_COMPBENCH_FAST, max_prompts=6, images_per_prompt=2, out_root=tmp_path)
+    (run / "DONE").unlink()
+    with pytest.raises(HarnessError, match="unfinished"):
+        evaluation.eval_run("base:toy", TOY_COMPBENCH_FAST, max_prompts=6, images_per_prompt=2, out_root=tmp_path)
+    again = evaluation.eval_run("base:toy", TOY_COMPBENCH_FAST, max_prompts=6, images_per_prompt=2, batch_size=12,
+                                out_root=tmp_path, overwrite=True, bundle=toy_bundle(), log=lambda m: None)
+    assert again == run
     assert pd.read_parquet(again / "per_sample.parquet")["score"].tolist() == ps["score"].tolist()
 
 
-def test_eval_run_loads_a_lora(toy_env, tmp_path):
+def test_eval_run_loads_a_lora(tmp_path):
     from lpo_bench.models.lora import add_lora, export_lora
 
     b = tiny_bundle("sd15", resolution=32)
@@ -264,10 +268,11 @@ def test_eval_run_loads_a_lora(toy_env, tmp_path):
             p.add_(0.5 * torch.randn_like(p))
     export_lora(b.unet, tmp_path / "my-lora")
     with pytest.raises(HarnessError, match="--backbone"):
-        evaluation.eval_run(str(tmp_path / "my-lora"), "toy-compbench", out_root=tmp_path)
+        evaluation.eval_run(str(tmp_path / "my-lora"), TOY_COMPBENCH_FAST, out_root=tmp_path)
     kw = dict(max_prompts=2, images_per_prompt=1, out_root=tmp_path, log=lambda m: None)
-    lora_run = evaluation.eval_run(str(tmp_path / "my-lora"), "toy-compbench", backbone="toy", **kw)
-    base_run = evaluation.eval_run("base:toy", "toy-compbench", **kw)
+    lora_run = evaluation.eval_run(str(tmp_path / "my-lora"), TOY_COMPBENCH_FAST, backbone="toy",
+                                   bundle=toy_bundle(), **kw)
+    base_run = evaluation.eval_run("base:toy", TOY_COMPBENCH_FAST, bundle=toy_bundle(), **kw)
     assert lora_run.name.startswith("lora-my-lora-")
     assert json.loads((lora_run / "run.json").read_text())["model_spec"]["lora_sha256"]
     imgs = [sorted((r / "images").rglob("*.png")) for r in (lora_run, base_run)]

@@ -4,9 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import PROMPTS
 
-from lpo_bench import records, runner
-from lpo_bench.runner import TrainOptions
+from lpo_bench import records
+from lpo_bench.config import parse_set
+from lpo_bench.data.prompts import PromptList
+from lpo_bench.harness.train import TrainRequest, train_run
 
 FAST_LRM = {"max_updates": 2, "batch_pairs": 4, "warmup_updates": 1, "max_val_pairs": 4, "largest_timestep": 951,
             "timestep_stride": 475}
@@ -14,44 +17,17 @@ FAST_LPO = ["num_inference_steps=4", "prompts_per_round=2", "train_batch_pairs=2
             "max_updates=2", "threshold_min=0.0", "threshold_max=0.0", "lora_rank=2"]
 
 
-@pytest.fixture
-def tiny_backbone(monkeypatch):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_lpo_trains_on_tiny_bundle(family, tiny_pairs, tmp_path):
     from lpo_bench.models import tiny
 
-    def use(family):
-        monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle(family, seed=0))
-        monkeypatch.setattr("lpo_bench.data.prompts.training_prompts",
-                            lambda backbone, **kw: ["a red circle", "two blue squares", "a green triangle",
-                                                    "a striped yellow square"][: kw.get("limit") or 4])
-        monkeypatch.setattr("lpo_bench.methods.lpo.method.training_prompts",
-                            lambda backbone, **kw: ["a red circle", "two blue squares", "a green triangle",
-                                                    "a striped yellow square"][: kw.get("limit") or 4])
-    return use
-
-
-def _lrm_overrides(monkeypatch):
-    import lpo_bench.reward_training as rt
-
-    orig = rt.make_trainer
-
-    def make(kind, backbone, config_file, overrides):
-        return orig(kind, backbone, config_file, {**FAST_LRM, **overrides})
-
-    monkeypatch.setattr(rt, "make_trainer", make)
-
-
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_lpo_trains_on_tiny_bundle(family, tiny_backbone, tiny_pairs, tmp_path, monkeypatch):
-    tiny_backbone(family)
-    _lrm_overrides(monkeypatch)
-    from lpo_bench.config import parse_set
-
-    opts = TrainOptions(method="lpo", backbone="sd15" if family == "sd15" else "sdxl", overrides=parse_set(FAST_LPO),
-                        out_root=str(tmp_path), extra={"pairs": str(tiny_pairs)}, checkpoint_every_updates=1)
-    run_dir = runner.train_run(opts, log=lambda *_: None)
+    req = TrainRequest(method="lpo", backbone=family, overrides=parse_set(FAST_LPO), reward_stage_overrides=FAST_LRM,
+                       out_root=str(tmp_path), pairs=str(tiny_pairs), checkpoint_every_updates=1)
+    run_dir = train_run(req, bundle=tiny.tiny_bundle(family, seed=0), prompts=PromptList(PROMPTS), log=lambda *_: None)
     assert records.is_done(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["updates"] == 2
+    assert info["reward_stage"]["name"] == "lrm" and info["reward_stage"]["source"] == "trained"
     assert abs(info["ledger_identity_residual"]) < 0.01
     secs = info["ledger"]["seconds_by_phase"]
     assert secs["RM_TRAIN"] > 0 and secs["SAMPLE"] > 0 and secs["SCORE"] > 0 and secs["UPDATE"] > 0

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_settings import lpo_request, tiny_inputs
 from safetensors.torch import load_file
 
-from lpo_bench import records, runner
+from lpo_bench import records
 from lpo_bench.errors import HarnessError
-from lpo_bench.models import tiny
-
-sys.path.insert(0, str(Path(__file__).parent))
-from resume_settings import lpo_options, patch_tiny  # noqa: E402
+from lpo_bench.harness.train import train_run
 
 
 class Killed(BaseException):
@@ -33,27 +31,14 @@ def _counted(run_dir: Path) -> float:
     return json.loads((run_dir / "run.json").read_text())["ledger"]["gpu_h_counted"]
 
 
-@pytest.fixture
-def tiny(monkeypatch):
-    patch_tiny(runner, testing)
-    monkeypatch.setattr(runner, "load_backbone", runner.load_backbone)
-
-
 @pytest.fixture(scope="module")
 def reference_run(tiny_pairs, tmp_path_factory):
     """One uninterrupted run (module-scoped: several kill points compare against it)."""
-    import lpo_bench.methods.lpo.method as m
-
-    saved = (runner.load_backbone, m.training_prompts)
-    patch_tiny(runner, testing)
-    try:
-        return runner.train_run(lpo_options(tiny_pairs, tmp_path_factory.mktemp("ref")), log=lambda *_: None)
-    finally:
-        runner.load_backbone, m.training_prompts = saved
+    return train_run(lpo_request(tiny_pairs, tmp_path_factory.mktemp("ref")), **tiny_inputs(), log=lambda *_: None)
 
 
 @pytest.mark.parametrize("kill_at", [1, 5])
-def test_killed_run_resumes_bitwise(kill_at, tiny, tiny_pairs, tmp_path, monkeypatch, reference_run):
+def test_killed_run_resumes_bitwise(kill_at, tiny_pairs, tmp_path, monkeypatch, reference_run):
     from lpo_bench.methods.lpo.method import LPO
 
     orig = LPO.train_step
@@ -67,13 +52,13 @@ def test_killed_run_resumes_bitwise(kill_at, tiny, tiny_pairs, tmp_path, monkeyp
 
     monkeypatch.setattr(LPO, "train_step", dying)
     with pytest.raises(Killed):
-        runner.train_run(lpo_options(tiny_pairs, tmp_path), log=lambda *_: None)
+        train_run(lpo_request(tiny_pairs, tmp_path), **tiny_inputs(), log=lambda *_: None)
     run_dir = tmp_path / "train" / "lpo-tiny"
     assert not records.is_done(run_dir)
     with pytest.raises(HarnessError, match="--resume"):
-        runner.train_run(lpo_options(tiny_pairs, tmp_path), log=lambda *_: None)
+        train_run(lpo_request(tiny_pairs, tmp_path), **tiny_inputs(), log=lambda *_: None)
     monkeypatch.setattr(LPO, "train_step", orig)
-    resumed = runner.train_run(lpo_options(tiny_pairs, tmp_path, resume=True), log=lambda *_: None)
+    resumed = train_run(lpo_request(tiny_pairs, tmp_path, resume=True), **tiny_inputs(), log=lambda *_: None)
     assert records.is_done(resumed)
     ref, got = _weights(reference_run), _weights(resumed)
     assert ref.keys() == got.keys()
@@ -118,23 +103,23 @@ def test_sigkill_subprocess_then_resume(tiny_pairs, tmp_path, reference_run):
     assert _counted(run_dir) <= _counted(reference_run) * 3 + lost / 3600
 
 
-def test_reward_model_run_resumes_bitwise(tiny_pairs, tmp_path, monkeypatch):
+def test_reward_model_run_resumes_bitwise(tiny_pairs, tmp_path):
     """`train-reward` interrupted mid-way and resumed gives the same LRM as an uninterrupted run."""
-    from lpo_bench import reward_training
-    from lpo_bench.reward_training import RewardOptions
+    from lpo_bench.harness.reward_run import RewardRequest, train_reward_run
+    from lpo_bench.models import tiny
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sd15", seed=0))
     over = {"max_updates": "4", "batch_pairs": "4", "warmup_updates": "1", "max_val_pairs": "4",
             "timestep_stride": "475"}
 
-    def opts(root, **kw):
-        return RewardOptions(kind="lrm", backbone="sd15", pairs=str(tiny_pairs), out_root=str(root),
-                             overrides=dict(over), checkpoint_every_updates=1, **kw)
+    def run(root, **kw):
+        req = RewardRequest(kind="lrm", backbone="sd15", pairs=str(tiny_pairs), out_root=str(root),
+                            overrides=dict(over), checkpoint_every_updates=1, **kw)
+        return train_reward_run(req, bundle=tiny.tiny_bundle("sd15", seed=0), log=lambda *_: None)
 
-    ref = reward_training.train_reward_run(opts(tmp_path / "ref"), log=lambda *_: None)
-    part = reward_training.train_reward_run(opts(tmp_path / "cut", stop_after_updates=2), log=lambda *_: None)
+    ref = run(tmp_path / "ref")
+    part = run(tmp_path / "cut", stop_after_updates=2)
     assert not records.is_done(part)
-    done = reward_training.train_reward_run(opts(tmp_path / "cut", resume=True), log=lambda *_: None)
+    done = run(tmp_path / "cut", resume=True)
     assert records.is_done(done)
     a = load_file(str(ref / "model" / "heads.safetensors"))
     b = load_file(str(done / "model" / "heads.safetensors"))

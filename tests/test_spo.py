@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from helpers import PROMPTS, method_ctx
 
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, timestep_embedding
 
-PROMPTS = ["a red circle", "two blue squares", "a green triangle", "a striped yellow square"]
 FAST_SPM = {"base": "tiny-clip", "tiny_layers": 1, "tiny_hidden": 32, "max_updates": 1, "clean_warmup_updates": 1,
             "batch_pairs": 4, "micro_batch_pairs": 2, "warmup_updates": 1, "max_val_pairs": 4, "lr": 1e-3}
 # 5 steps: t = 801 (plain sampling, > 751), then 601, 401, 201, 1 are branched and trained
@@ -18,30 +18,12 @@ FAST_SPO = {"num_inference_steps": 5, "prompts_per_round": 2, "train_batch_pairs
             "num_candidates": 2, "lr": 1e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a shared, busy 2-core box are ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-@pytest.fixture
-def prompts(monkeypatch):
-    monkeypatch.setattr("lpo_bench.baselines.spo.method.training_prompts",
-                        lambda backbone, **kw: PROMPTS[: kw.get("limit") or 4])
-
-
-def _ctx(bundle, cfg_cls, over, tmp_path, options):
+def _ctx(bundle, cfg_cls, over, tmp_path, *, pairs=None, reward_model_dir=None):
     from lpo_bench.config import build_config
-    from lpo_bench.harness.method import TrainContext
-    from lpo_bench.ledger import Ledger
 
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(tmp_path / "ledger.jsonl")
-    return TrainContext(bundle=bundle, cfg=build_config(cfg_cls, over), seed=0, ledger=ledger, run_dir=tmp_path,
-                        backbone="sd15", options=options, log=lambda *_: None)
+    return method_ctx(bundle, build_config(cfg_cls, over), tmp_path, pairs=pairs, reward_model_dir=reward_model_dir)
 
 
 def _spm_dir(bundle, tmp_path):
@@ -53,7 +35,7 @@ def _spo(bundle, tmp_path, spm_dir, **over):
     from lpo_bench.baselines.spo.config import SPOConfig
     from lpo_bench.baselines.spo.method import SPO
 
-    ctx = _ctx(bundle, SPOConfig, {**FAST_SPO, **over}, tmp_path, {"spm": str(spm_dir)})
+    ctx = _ctx(bundle, SPOConfig, {**FAST_SPO, **over}, tmp_path, reward_model_dir=spm_dir)
     m = SPO()
     m.setup(ctx)
     return m, ctx.ledger
@@ -140,7 +122,7 @@ def test_spm_trainer_steps_and_validation_rows(tiny_pairs, tmp_path):
     from lpo_bench.models import tiny
 
     b = tiny.tiny_bundle("sdxl")
-    ctx = _ctx(b, SPMConfig, FAST_SPM, tmp_path, {"pairs": str(tiny_pairs)})
+    ctx = _ctx(b, SPMConfig, FAST_SPM, tmp_path, pairs=tiny_pairs)
     tr = SPMTrainer()
     tr.setup(ctx)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
@@ -165,7 +147,7 @@ def test_spm_trainer_steps_and_validation_rows(tiny_pairs, tmp_path):
 
 # ---------------------------------------------------------------------------- SPO
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_spo_steps_change_lora_and_book_decodes_under_score(family, prompts, tmp_path, monkeypatch):
+def test_spo_steps_change_lora_and_book_decodes_under_score(family, tmp_path, monkeypatch):
     from lpo_bench.ledger import Phase
     from lpo_bench.models import tiny
 
@@ -194,20 +176,20 @@ def test_spo_steps_change_lora_and_book_decodes_under_score(family, prompts, tmp
     assert ledger.totals[Phase.SCORE] > 0 and ledger.totals[Phase.SAMPLE] > 0
 
 
-def test_spo_loss_is_the_shared_step_dpo_loss(prompts, tmp_path, monkeypatch):
-    from lpo_bench.diffusion import ddim
+def test_spo_loss_is_the_shared_step_dpo_loss(tmp_path, monkeypatch):
+    from lpo_bench.methods.stepwise import rounds
     from lpo_bench.models import tiny
 
     b = tiny.tiny_bundle("sd15")
     m, ledger = _spo(b, tmp_path, _spm_dir(b, tmp_path), micro_batch_pairs=2)
     seen = []
-    real = ddim.step_dpo_loss
+    real = rounds.step_dpo_loss
 
     def spy(lw, ll, rw, rl, *, beta, clip):
         seen.append((lw.detach().clone(), ll.detach().clone(), rw.clone(), rl.clone(), beta, clip))
         return real(lw, ll, rw, rl, beta=beta, clip=clip)
 
-    monkeypatch.setattr(steps, "step_dpo_loss", spy)
+    monkeypatch.setattr(rounds, "step_dpo_loss", spy)
     logs = _run(m, ledger, 0, 2)
     assert len(seen) == 2 and all(s[4] == 10.0 and s[5] == 0.1 for s in seen)
     lw, ll, rw, rl, _, _ = seen[1]  # second update: the policy has moved, ratios != 1
@@ -220,7 +202,7 @@ def test_spo_loss_is_the_shared_step_dpo_loss(prompts, tmp_path, monkeypatch):
     assert logs[1]["loss"] == pytest.approx(sum(hand) / len(hand), rel=1e-5)
 
 
-def test_spo_without_valid_pairs_ends_without_an_update(prompts, tmp_path):
+def test_spo_without_valid_pairs_ends_without_an_update(tmp_path):
     from lpo_bench.models import tiny
 
     b = tiny.tiny_bundle("sd15")
@@ -232,7 +214,7 @@ def test_spo_without_valid_pairs_ends_without_an_update(prompts, tmp_path):
     assert all(torch.equal(v, dict(b.unet.named_parameters())[k]) for k, v in before.items())
 
 
-def test_spo_resumes_bitwise(prompts, tmp_path):
+def test_spo_resumes_bitwise(tmp_path):
     from lpo_bench.models import tiny
 
     spm_dir = _spm_dir(tiny.tiny_bundle("sd15"), tmp_path)
@@ -252,20 +234,15 @@ def test_spo_resumes_bitwise(prompts, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
-def test_spo_through_the_runner_trains_the_spm_first(prompts, tiny_pairs, tmp_path, monkeypatch):
-    from lpo_bench import records, runner
-    from lpo_bench import reward_training as rt
+def test_spo_through_the_harness_trains_the_spm_first(tiny_pairs, tmp_path):
+    from lpo_bench import records
+    from lpo_bench.data.prompts import PromptList
+    from lpo_bench.harness.train import TrainRequest, train_run
     from lpo_bench.models import tiny
-    from lpo_bench.runner import TrainOptions
 
-    monkeypatch.setattr(runner, "load_backbone", lambda name, **kw: tiny.tiny_bundle("sd15", seed=0))
-    orig = rt.make_trainer
-    monkeypatch.setattr(rt, "make_trainer", lambda kind, bb, cf, over: orig(kind, bb, cf, {**FAST_SPM, **over}))
-    # fsync of ledger rows happens outside the timed phases; on a busy disk it is >1% of a short run
-    monkeypatch.setattr("lpo_bench.ledger.os.fsync", lambda fd: None)
-    opts = TrainOptions(method="spo", backbone="sd15", overrides=dict(FAST_SPO), out_root=str(tmp_path),
-                        extra={"pairs": str(tiny_pairs)}, checkpoint_every_updates=1)
-    run_dir = runner.train_run(opts, log=lambda *_: None)
+    req = TrainRequest(method="spo", backbone="sd15", overrides=dict(FAST_SPO), reward_stage_overrides=FAST_SPM,
+                       out_root=str(tmp_path), pairs=str(tiny_pairs), checkpoint_every_updates=1)
+    run_dir = train_run(req, bundle=tiny.tiny_bundle("sd15", seed=0), prompts=PromptList(PROMPTS), log=lambda *_: None)
     assert records.is_done(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     secs = info["ledger"]["seconds_by_phase"]

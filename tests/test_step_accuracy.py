@@ -17,10 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lpo_bench import records, stats
-from lpo_bench import step_accuracy as sa
+from lpo_bench import records
+from lpo_bench.analysis import stats
 from lpo_bench.data.pairs import encode_png
 from lpo_bench.errors import HarnessError
+from lpo_bench.evaluation import step_accuracy as sa
 from lpo_bench.metrics.base import ScorerProvenance
 from lpo_bench.models.tiny import tiny_bundle
 
@@ -76,8 +77,8 @@ def _images(n: int, lo: float, hi: float, seed: int) -> torch.Tensor:
 def test_perfect_pixel_scorer_and_shared_noise(bundle):
     n = 4
     bright, dark = _images(n, 0.6, 0.9, 1), _images(n, 0.1, 0.4, 2)
-    scorers = sa.pixel_scorers("brightness", Brightness(), {})
-    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, bright, dark, scorers, [1, 951], batch_size=4)
+    views = sa.pixel_views("brightness", Brightness(), {})
+    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, bright, dark, views, [1, 951], batch_size=4)
     acc = pd.DataFrame(sa.accuracy_rows(rows, {})).set_index(["input_mode", "timestep"])["value"]
     assert acc[("x0_pred_decoded", 1)] == 1.0
     assert acc[("noisy_decoded", 1)] == 1.0
@@ -85,7 +86,7 @@ def test_perfect_pixel_scorer_and_shared_noise(bundle):
     # a brightness scorer stays perfect on decoded x_t. With independent noise it would not.
     assert acc[("noisy_decoded", 951)] == 1.0
     # Swapping the roles gives accuracy 0 (orientation is the caller's; nothing is symmetrised).
-    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, dark, bright, scorers[1:], [1])
+    rows = sa.score_pairs(bundle, TOY_PROMPTS[:1] * n, dark, bright, views[1:], [1])
     assert sa.accuracy_rows(rows, {})[0]["value"] == 0.0
 
 
@@ -97,14 +98,14 @@ def test_pair_noise_is_seeded_by_pair_and_timestep():
     assert not torch.equal(a[0], sa.pair_noise([0], 6, (4, 8, 8))[0])
 
 
-def test_predict_x0_inverts_add_noise_for_the_true_eps(bundle):
+def test_x0_from_prompts_inverts_add_noise_for_the_true_eps(bundle):
     z = torch.randn(2, 4, 8, 8)
     eps = torch.randn_like(z)
     x_t = bundle.scheduler.add_noise(z, eps, torch.tensor([501, 501]))
     oracle = dataclasses.replace(bundle)
     oracle.guided_eps = lambda *args, **kwargs: eps  # a denoiser that knows the true noise
-    assert torch.allclose(sa.predict_x0(oracle, x_t, 501, TOY_PROMPTS[:2]), z, atol=1e-4)
-    assert sa.predict_x0(bundle, x_t, 501, TOY_PROMPTS[:2]).shape == z.shape
+    assert torch.allclose(sa.x0_from_prompts(oracle, x_t, 501, TOY_PROMPTS[:2]), z, atol=1e-4)
+    assert sa.x0_from_prompts(bundle, x_t, 501, TOY_PROMPTS[:2]).shape == z.shape
 
 
 def _write_pairs(path, images_0, images_1, labels, captions):
@@ -115,11 +116,9 @@ def _write_pairs(path, images_0, images_1, labels, captions):
     return path
 
 
-def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatch):
-    from lpo_bench.methods.lpo.lrm import LatentRewardModel
-
-    monkeypatch.setattr(sa, "_load_bundle", lambda backbone, weights_dir, device: bundle)
+def test_run_identical_images_give_exactly_one_half(bundle, tmp_path):
     from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel
+    from lpo_bench.methods.lpo.lrm import LatentRewardModel
 
     lrm_dir = LatentRewardModel.from_bundle(bundle, guidance_scale=1.0).save(tmp_path / "lrm")
     spm_dir = StepAwarePreferenceModel.tiny(bundle.tokenizers[0], hidden=32, layers=1).save(tmp_path / "spm")
@@ -127,8 +126,9 @@ def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatc
     # Row 2 is a tie (dropped); labels mix both orientations.
     pairs = _write_pairs(tmp_path / "pairs", imgs, imgs.clone(), [1, 0, 0.5, 1, 0], TOY_PROMPTS)
     grid = [999, 1]
-    run = sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, spm=spm_dir, metrics=["toy-clip"],
-                               timesteps=grid, max_pairs=10, batch_size=4, log=lambda m: None)
+    run = sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", reward_models=[lrm_dir, spm_dir],
+                               metrics=["toy-clip"], timesteps=grid, max_pairs=10, batch_size=4, bundle=bundle,
+                               log=lambda m: None)
     df = records.read_measurements(run / "measurements.parquet")
     assert len(df) == 4 * 2  # 4 (reward model, input mode) views x 2 timesteps
     assert set(df["kind"]) == {"step_reward_acc"}
@@ -143,8 +143,8 @@ def test_run_identical_images_give_exactly_one_half(bundle, tmp_path, monkeypatc
     per_pair = pd.read_parquet(run / "per_sample.parquet")
     assert (per_pair["s_w"] == per_pair["s_l"]).all()
     with pytest.raises(HarnessError, match="already exists"):
-        sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", lrm=lrm_dir, spm=spm_dir, metrics=["toy-clip"],
-                             timesteps=grid, max_pairs=10, log=lambda m: None)
+        sa.step_accuracy_run(pairs_dir=pairs, backbone="toy", reward_models=[lrm_dir, spm_dir],
+                             metrics=["toy-clip"], timesteps=grid, max_pairs=10, log=lambda m: None)
 
 
 def test_accuracy_rows_and_table_hand_values():
@@ -171,3 +171,42 @@ def test_bad_inputs_are_harness_errors(bundle, tmp_path):
     with pytest.raises(HarnessError, match="outside"):
         sa.score_pairs(bundle, ["x"], torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32), [], [1000])
     assert np.array_equal(stats.pairwise_accuracy([1, 1], [1, 0]), [0.5, 1.0])
+
+
+def test_reward_model_kind_comes_from_the_registered_marker_files(tmp_path):
+    from lpo_bench import registry
+
+    kinds = list(registry.STEP_REWARD_MODELS)
+    twice = kinds[0]  # a kind passed twice is told apart by content hash
+    dirs = []
+    for i, kind in enumerate([*kinds, twice]):
+        d = tmp_path / f"rm{i}"
+        d.mkdir()
+        (d / registry.reward_model_spec(kind).marker_file).write_text(f"{{\"copy\": {i}}}")
+        dirs.append(d)
+    got = sa.reward_model_dirs(dirs)
+    assert [rm.spec.name for rm in got] == [*kinds, twice]
+    assert [rm.name for rm in got] == [f"{twice}@{got[0].sha256[:8]}", *kinds[1:], f"{twice}@{got[-1].sha256[:8]}"]
+    with pytest.raises(HarnessError, match="passed twice"):
+        sa.reward_model_dirs([dirs[0], dirs[0]])
+
+
+def test_step_accuracy_refuses_a_directory_that_is_no_registered_reward_model(tmp_path):
+    from lpo_bench import registry
+
+    not_rm = tmp_path / "not-a-reward-model"
+    not_rm.mkdir()
+    (not_rm / "config.json").write_text("{}")
+    with pytest.raises(HarnessError, match="no saved step reward model of a known kind") as err:
+        sa.step_accuracy_run(pairs_dir=tmp_path / "no-pairs", backbone="toy", reward_models=[not_rm], timesteps=[1])
+    msg = str(err.value)
+    assert "\n" not in msg and err.value.exit_code == 2
+    assert all(f"{registry.reward_model_spec(n).marker_file} for {n}" in msg for n in registry.STEP_REWARD_MODELS)
+    run_dir = tmp_path / "reward-run"
+    marker = registry.reward_model_spec(next(iter(registry.STEP_REWARD_MODELS))).marker_file
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / marker).write_text("{}")
+    with pytest.raises(HarnessError, match="did you mean"):
+        sa.step_accuracy_run(pairs_dir=tmp_path, backbone="toy", reward_models=[run_dir], timesteps=[1])
+    with pytest.raises(HarnessError, match="is not a directory"):
+        sa.step_accuracy_run(pairs_dir=tmp_path, backbone="toy", reward_models=[tmp_path / "missing"], timesteps=[1])

@@ -1,4 +1,5 @@
-"""Diffusion-DPO configuration (defaults = official SD1.5 launcher, baselines.md §1.5)."""
+"""Diffusion-DPO configuration (defaults = official SD1.5 launcher, SalesforceAIResearch/DiffusionDPO@5233e75
+launchers/sd15.sh)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Diffusion-DPO loss (Wallace et al., CVPR 2024, Eq. 14; baselines.md §1.4) and its SFT variant.
+"""Diffusion-DPO loss (Wallace et al., CVPR 2024, Eq. 14; SalesforceAIResearch/DiffusionDPO@5233e75
+train.py) and its SFT variant.
 
 All functions are pure and return per-pair values ``Tensor[b]``; averaging happens in the method.
 
-Equivalent parameterisations (baselines.md §1.4), so numbers are never mixed up:
+Equivalent parameterisations, so numbers are never mixed up:
 
 * Official ``train.py`` and the diffusers SDXL script: ``-log σ(-(β/2)·Δ)`` on per-element MEAN
   squared errors, β = ``beta_dpo`` = 5000. This module implements exactly that form.

@@ -1,4 +1,4 @@
-"""Diffusion-DPO (Wallace et al., CVPR 2024) behind the harness Method interface (baselines.md §1).
+"""Diffusion-DPO (Wallace et al., CVPR 2024, arXiv 2311.12908) behind the harness Method interface.
 
 Offline preference pairs (ties dropped, winner first) are VAE-encoded once in PREP: the posterior
 mean and std of every image (and of its mirror image when ``random_flip``) are cached on the CPU,

@@ -1,5 +1,5 @@
-"""SPO configuration (defaults = official SD1.5 config ``spo_sd-v1-5_4k-prompts_num-sam-4_10ep_bs10``;
-baselines.md §2.5)."""
+"""SPO configuration (defaults = official SD1.5 config ``spo_sd-v1-5_4k-prompts_num-sam-4_10ep_bs10``,
+RockeyCoss/SPO@27a8642 spo_training_and_inference/configs/)."""
 
 from __future__ import annotations
 

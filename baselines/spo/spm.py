@@ -1,5 +1,6 @@
-"""Step-aware Preference Model (SPM) of SPO (baselines.md §2.2): a CLIP preference model whose vision
-tower is conditioned on the diffusion timestep.
+"""Step-aware Preference Model (SPM) of SPO (arXiv 2406.04314; RockeyCoss/SPO@27a8642
+step_aware_preference_model/): a CLIP preference model whose vision tower is conditioned on the
+diffusion timestep.
 
 Architecture (official ``time_conditioned_clip.py``): a DiT timestep embedder (sinusoidal features of
 the integer DDPM timestep, 256 frequencies, max period 1e4, then Linear-SiLU-Linear to the vision

@@ -1,5 +1,6 @@
-"""SPM training (baselines.md §2.2 "SPM training"): run by the harness loop in lpo_bench.reward_training
-(all time RM_TRAIN), standalone (``lpo-bench train-reward --kind spm``) or as SPO's first stage.
+"""SPM training (RockeyCoss/SPO@27a8642 step_aware_preference_model/trainer/): run by the harness loop in
+lpo_bench.reward_training (all time RM_TRAIN), standalone (``lpo-bench train-reward --kind spm``) or as
+SPO's first stage.
 
 Per pair: one t ~ U{0..T-1}; both images' VAE posteriors are sampled and noised with the SAME ε at t;
 the frozen base UNet predicts the CFG-guided ε̂ (scale 5); x̂0 is VAE-decoded and scored by the SPM at
@@ -60,7 +61,7 @@ class SPMConfig:
     encode_batch: int = field(default=32, metadata={"help": "VAE encode batch when caching latents"})
 
 
-# PickScore's cross-entropy per pair (baselines.md §2.2) is the LRM's too: one implementation serves both.
+# PickScore's cross-entropy per pair is the LRM's too: one implementation serves both.
 pickscore_pair_loss = pair_ce_per_pair
 
 

@@ -88,7 +88,7 @@ COMPBENCH_AUX_FILES: dict[str, PinnedFile] = {
 }
 
 # 4000 Pick-a-Pic v1 train captions used to train LPO and SPO (some are NSFW).
-LPO_TRAIN_PROMPTS = PinnedFile(
+TRAIN_PROMPTS_4K = PinnedFile(
     "Kwai-Kolors/LPO",
     "9c2e8b81418cb86cc0a78aa1dc10a5503ce59f4e",
     "lpo/prompts/4k_training_prompts.json",
@@ -196,9 +196,9 @@ def load_compbench_aux(
     )
 
 
-def load_lpo_train_prompts(data_dir: str | Path | None = None, allow_download: bool | None = None) -> list[str]:
+def load_train_prompts_4k(data_dir: str | Path | None = None, allow_download: bool | None = None) -> list[str]:
     """The 4000 LPO/SPO training captions, in file order."""
-    path = resolve_pinned_file(LPO_TRAIN_PROMPTS, data_dir=data_dir, allow_download=allow_download)
+    path = resolve_pinned_file(TRAIN_PROMPTS_4K, data_dir=data_dir, allow_download=allow_download)
     try:
         rows = json.loads(path.read_bytes().decode("utf-8-sig"))
         captions = [row["caption"] for row in rows]

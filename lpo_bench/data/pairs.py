@@ -80,7 +80,7 @@ def _decode(data: Any, resolution: int | None) -> np.ndarray:
         data = data.get("bytes")
     img = Image.open(io.BytesIO(data)).convert("RGB")
     if resolution is not None and img.size != (resolution, resolution):
-        img = img.resize((resolution, resolution), Image.BILINEAR)  # no aspect preservation (lpo.md §3.2)
+        img = img.resize((resolution, resolution), Image.BILINEAR)  # no aspect preservation, as the official LRM trainer
     return np.asarray(img, dtype=np.uint8)
 
 

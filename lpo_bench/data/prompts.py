@@ -22,9 +22,9 @@ def training_prompts(backbone: str, *, data_dir: Path | None = None, limit: int 
     if backbone == "toy":
         prompts = toy_prompt_splits()["train"]
     else:
-        from lpo_bench.data.datasets import load_lpo_train_prompts
+        from lpo_bench.data.datasets import load_train_prompts_4k
 
-        prompts = load_lpo_train_prompts(data_dir=data_dir)
+        prompts = load_train_prompts_4k(data_dir=data_dir)
     return prompts[:limit] if limit else prompts
 
 

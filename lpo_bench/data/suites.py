@@ -1,6 +1,6 @@
 """Evaluation suites: a frozen prompt list, a sampler, a seed rule and the metrics that score it.
 
-A suite is data (architecture.md §4.3): two runs of the same suite version see the same prompts,
+A suite is data: two runs of the same suite version see the same prompts,
 the same per-image seeds (``sampling.sample_seed(seed_base, prompt_id, image_idx)``) and the same
 sampler, and ``inputs_sha256`` says so. Which metric scores which category is part of the suite.
 
@@ -11,11 +11,11 @@ Suites (registry ``SUITES``):
   Prompts: the toy val/test splits of ``lpo_bench.data.prompts`` (seed and sizes fixed there).
 * ``toy-general``   the same toy prompts scored by the general toy metrics (oracle reward, aesthetic,
   CLIP-like, VQA-like), per family and overall.
-* ``compbench``     T2I-CompBench++ (metrics.md §4): the 300 pinned val prompts of each of the eight
-  categories, 10 images per prompt. BLIP-VQA for color/shape/texture, CLIP score for non_spatial;
-  spatial, 3d_spatial, numeracy and complex (3-in-1) need the UniDet detector, which only runs as an
-  external scorer in T2I-CompBench's own environment (``lpo_bench.metrics.external``); without it
-  those categories are reported as skipped, never substituted.
+* ``compbench``     T2I-CompBench++ (Karine-Huang/T2I-CompBench@1b70949): the 300 pinned val prompts of
+  each of the eight categories, 10 images per prompt. BLIP-VQA for color/shape/texture, CLIP score for
+  non_spatial; spatial, 3d_spatial, numeracy and complex (3-in-1) need the UniDet detector, which only
+  runs as an external scorer in T2I-CompBench's own environment (``lpo_bench.metrics.external``);
+  without it those categories are reported as skipped, never substituted.
 * ``general``       LPO/SPO's protocol: the 500 Pick-a-Pic v1 ``validation_unique`` captions from a
   local copy (``--data-dir``), plus the HPDv2 test prompts when a local ``test.json`` is present;
   PickScore, HPSv2.1, ImageReward, LAION aesthetic and CLIP score.
@@ -43,7 +43,8 @@ COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "n
 GENERAL_PICKAPIC_PROMPTS = 500
 PICKAPIC_SPLIT = "validation_unique"
 
-# Metric ids of the T2I-CompBench++ UniDet-based evaluators (external scorer, metrics.md §4.6-4.9).
+# Metric ids of the T2I-CompBench++ UniDet-based evaluators (external scorer: their detector only runs in
+# T2I-CompBench's own environment).
 UNIDET_METRICS: dict[str, str] = {
     "spatial": "t2i-compbench/unidet-2d",
     "3d_spatial": "t2i-compbench/unidet-3d",
@@ -312,7 +313,7 @@ COMPBENCH = Suite(
 GENERAL = Suite(
     name="general",
     version=1,
-    description="Pick-a-Pic v1 validation_unique (500 prompts) and HPDv2 test prompts (if local), LPO/SPO protocol",
+    description="Pick-a-Pic v1 validation_unique (500 prompts) and HPDv2 test prompts (if local), the published protocol",
     role="test",
     images_per_prompt=1,
     sampler=SamplerSpec("DDIMScheduler", 20, 5.0, 0.0),
@@ -321,8 +322,8 @@ GENERAL = Suite(
     categories=("pickapic_v1", "hpdv2"),
     kind="real",
     notes=(
-        "one image per prompt (the official LPO script effectively scores one); each image has its own seed "
-        "sample_seed(42, prompt_id, k), where the LPO script reuses seed 42 per batch",
+        "one image per prompt (the official evaluation script of arXiv 2502.01051 effectively scores one); each "
+        "image has its own seed sample_seed(42, prompt_id, k), where that script reuses seed 42 per batch",
     ),
 )
 

@@ -1,6 +1,6 @@
 """Step-level math shared by LPO and SPO (and the samplers).
 
-All functions are pure. Notation (lpo.md §4.3, baselines.md §2.4): ᾱ_t is the cumulative
+All functions are pure. Notation (as in the SPO and LPO code): ᾱ_t is the cumulative
 alpha of the training schedule, t' = t - T/n is the previous timestep of an n-step DDIM
 sampler on a T-step schedule ("leading" spacing), and ᾱ_{t'} falls back to the scheduler's
 final alpha (ᾱ_0 for SD's ``set_alpha_to_one=False``) when t' < 0.
@@ -41,7 +41,7 @@ def alpha_pair(scheduler: Any, timestep: int, num_inference_steps: int) -> tuple
 
 
 def ddim_step_std(scheduler: Any, timestep: int, num_inference_steps: int, eta: float = 1.0) -> float:
-    """Standard deviation of one eta-DDIM step from t to t' (DDIM paper Eq. 16; lpo.md §4.3).
+    """Standard deviation of one eta-DDIM step from t to t' (DDIM paper, arXiv 2010.02502, Eq. 16).
 
     σ_t = η · sqrt((1 - ᾱ_{t'}) / (1 - ᾱ_t)) · sqrt(1 - ᾱ_t / ᾱ_{t'}).
     For the SD scaled-linear schedule at 20 steps this gives 0.0206 at t = 1 and 0.6444 at t = 951.
@@ -67,7 +67,8 @@ def dynamic_threshold(
     threshold_max: float,
     shape: ThresholdShape = "sigma",
 ) -> float:
-    """LPO's timestep-dependent pair threshold th(t) (lpo.md §4.3 "Dynamic threshold").
+    """LPO's timestep-dependent pair threshold th(t) (Kwai-Kolors/LPO@9c2e8b8
+    lpo/lpo/preference_models/compare_funcs.py ``dynamic_threshold_sigma``).
 
     sigma:  th = th_min + (σ_t - σ_lo) / (σ_hi - σ_lo) · (th_max - th_min), σ from ``ddim_step_std``
             and σ_lo / σ_hi its values at the smallest / largest grid timestep;
@@ -99,7 +100,7 @@ def predict_x0(scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, timestep: i
 def ddim_step_mean(
     scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, timestep: int, num_inference_steps: int, std: float
 ) -> torch.Tensor:
-    """μ_t = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'} - σ_t²) ε̂ (DDIM posterior mean; lpo.md §4.3 step 3)."""
+    """μ_t = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'} - σ_t²) ε̂ (DDIM posterior mean, DDIM paper Eq. 12)."""
     _, a_prev = alpha_pair(scheduler, timestep, num_inference_steps)
     x0 = predict_x0(scheduler, x_t, eps, timestep)
     return math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std**2, 0.0)) * eps
@@ -109,7 +110,8 @@ def step_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: float | torch.T
     """Gaussian log-density of one DDIM step, averaged over all non-batch elements.
 
     sample, mean: [b, ...]; std: float or [b] -> [b].
-    log p = mean_j [ -(x_j - μ_j)² / (2σ²) - log σ - ½ log 2π ] (lpo.md §4.5: a per-element MEAN, not a sum).
+    log p = mean_j [ -(x_j - μ_j)² / (2σ²) - log σ - ½ log 2π ] (a per-element MEAN, not a sum,
+    as the official ``ddim_with_logprob.py`` of SPO and LPO).
     """
     std_t = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
     if std_t.ndim == 1:

@@ -42,19 +42,20 @@ class RunRecorder:
         identity: JSON-able dict of everything that determines the run's numbers (hashed into the id).
         seed: appended to the id as ``-s<seed>`` when given.
         run_id: an explicit id (the identity is still stored and checked on resume).
-        keep_on_error: a callable telling whether the directory holds something worth keeping (a checkpoint).
+        resumable: whether this kind of run can continue from a checkpoint (worded into the refusal messages).
+    Set ``keep_on_error`` once the directory holds something worth keeping (a checkpoint, a started record).
     """
 
     def __init__(self, kind: str, name: str, identity: dict[str, Any], *, out_root: str | Path | None = None,
                  seed: int | None = None, run_id: str | None = None, overwrite: bool = False, resume: bool = False,
-                 dist: Dist | None = None) -> None:
+                 resumable: bool = True, dist: Dist | None = None) -> None:
         self.kind, self.identity, self.dist = kind, identity, dist or Dist(None)
         self.identity_sha256 = identity_hash(identity)
         suffix = "" if seed is None else f"-s{seed}"
         self.run_id = run_id or f"{name}-{self.identity_sha256[:8]}{suffix}"
         self.root = records.runs_root(out_root)
         self.dir = self.root / kind / self.run_id
-        self.overwrite, self.resume = overwrite, resume
+        self.overwrite, self.resume, self.resumable = overwrite, resume, resumable
         self.resuming = False
         self.info: dict[str, Any] = {}
         self.base: dict[str, Any] = {}
@@ -66,7 +67,8 @@ class RunRecorder:
             existed = self.dir.exists()
             if existed and self.resume and not self.overwrite:
                 self._check_identity()
-            records.prepare_run_dir(self.root, self.kind, self.run_id, overwrite=self.overwrite, resume=self.resume)
+            records.prepare_run_dir(self.root, self.kind, self.run_id, overwrite=self.overwrite, resume=self.resume,
+                                    resumable=self.resumable)
             self.resuming = existed and self.resume and not self.overwrite
         self.dist.barrier()
         if not self.dist.is_main:

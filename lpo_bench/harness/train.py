@@ -94,7 +94,7 @@ def plan_run(req: TrainRequest, prompts: PromptSource) -> _Plan:
     stage_cfg = reward_stage.stage_config(stage, req.backbone, overrides=req.reward_stage_overrides) if train_stage else None
     needs = set(spec.inputs) | (set(stage.inputs) if train_stage else set())
     if "pairs" in needs and not req.pairs:
-        what = f"{stage.name} training" if "pairs" not in spec.inputs else spec.name
+        what = spec.name if "pairs" in spec.inputs else f"{spec.name}'s reward-model stage ({stage.name})"
         raise HarnessError(f"{what} needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                            f"make-pairs`, or a local Pick-a-Pic copy)"
                            + (f", or a trained {stage.name} with --reward-model DIR" if train_stage else ""))

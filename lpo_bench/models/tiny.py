@@ -290,26 +290,3 @@ def tiny_bundle(
     return bundle_from_components(
         f"tiny-{family}", comps, family=family, resolution=resolution, provenance=provenance
     )
-
-
-def tiny_diffusers_dir(
-    tmp_path: str | Path, family: str = "sd15", seed: int = 0, resolution: int = 32
-) -> Path:
-    """Save a tiny ``family`` model as a diffusers pipeline directory (``save_pretrained``) and return it.
-
-    The directory has the layout of the hub repos (model_index.json, unet/, vae/, text_encoder/,
-    tokenizer/, scheduler/; SDXL adds text_encoder_2/, tokenizer_2/), so it can be passed to
-    the loaders as ``weights_dir``.
-    """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    comps = tiny_components(family, seed, resolution)
-    if family == "sdxl":
-        pipe: Any = StableDiffusionXLPipeline(**comps, force_zeros_for_empty_prompt=True)
-    else:
-        pipe = StableDiffusionPipeline(
-            **comps, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
-    out = Path(tmp_path) / f"tiny-{family}"
-    pipe.save_pretrained(out, safe_serialization=True)
-    return out

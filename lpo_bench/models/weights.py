@@ -148,10 +148,10 @@ def resolve_file(
 
 
 def file_sha256(path: str | Path, chunk_mb: int = 16) -> str:
-    """sha256 of a file, cached next to the user's cache by (path, size, mtime)."""
+    """sha256 of a file, cached in the user's cache by (path, size, mtime in ns)."""
     path = Path(path)
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"  # ns: a rewrite within the same second still misses
     cache_file = Path(os.environ.get("LPO_BENCH_CACHE", Path.home() / ".cache" / "lpo_bench")) / "sha256.json"
     try:
         cache = json.loads(cache_file.read_text())

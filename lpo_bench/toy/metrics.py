@@ -1,27 +1,28 @@
-"""Toy evaluators that mirror the real ones (metrics.md §3-4), and the ``toy-*`` adapters.
+"""Toy evaluators that mirror the real ones (T2I-CompBench++ at Karine-Huang/T2I-CompBench@1b70949, CLIP
+score, LAION aesthetic), and the ``toy-*`` adapters.
 
 Every score is per image, from :mod:`lpo_bench.toy.parser`; ``parsed`` may be passed to
 reuse one parse. A detected object's *detector score* for a noun (a shape) is
 ``p(shape) * detection``; like UniDet it counts only when >= ``DETECTION_THRESHOLD`` and
 the object's most likely shape is that noun.
 
-* :func:`vqa_score` (BLIP-VQA, §4.4): product over the prompt's noun phrases ("a red
+* :func:`vqa_score` (BLIP-VQA): product over the prompt's noun phrases ("a red
   circle", "two green triangles") of p(yes), where p(yes) for a phrase asking for ``n``
   objects matching ``req`` is the n-th largest ``match_prob(req) * detection`` over the
   detected objects (0 if fewer), smoothed to ``EPS/2 + (1 - EPS) x``.
-* :func:`spatial_score` (UniDet 2D, §4.6): nouns = the two shapes; each found with its
+* :func:`spatial_score` (UniDet 2D): nouns = the two shapes; each found with its
   highest detector score s; both found: ``0.25 s1 + 0.25 s2 + 0.5 pos``; one found:
   ``0.25 s``; scores below 0.5 become 0. ``pos`` uses the pixel boxes' centres and IoU:
   for "left of" it needs ``dx > 0`` and ``|dx| > |dy|``, then 1 if IoU < 0.1 else
   0.1 / IoU (and so on for the other relations); otherwise 0.
-* :func:`numeracy_score` (UniDet numeracy, §4.8): each group (noun, n) weighs 1/#groups;
+* :func:`numeracy_score` (UniDet numeracy): each group (noun, n) weighs 1/#groups;
   +0.5 w if at least one is detected, +0.5 w more if exactly n are.
-* :func:`complex_score` (3-in-1, §4.9, the ``complex_val_spatial`` rule):
+* :func:`complex_score` (3-in-1, the ``complex_val_spatial`` rule):
   ``(vqa + spatial) / 2`` with a relation, ``vqa`` without one.
-* :func:`clip_like_score` (CLIP score, §3.5): bag of words, as CLIP is weak at binding
+* :func:`clip_like_score` (CLIP score): bag of words, as CLIP is weak at binding
   and counting: the mean over the attribute words of the prompt (shapes, colours,
   textures, sizes, with repeats) of the best ``p(attr = word) * detection`` over objects.
-* :func:`aesthetic_score` (LAION aesthetic, §3.4): ``1 + 9 * oracle aesthetic`` (1-10).
+* :func:`aesthetic_score` (LAION aesthetic): ``1 + 9 * oracle aesthetic`` (1-10).
 * :func:`category_score`: color/shape/texture -> vqa, spatial -> spatial,
   numeracy -> numeracy, complex -> complex.
 """

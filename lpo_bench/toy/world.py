@@ -24,10 +24,11 @@ centroid. Small objects have ``r`` in [3.5, 4.5], large ones in [5.5, 6.5] (the 
 frame must hold three large objects). Striped objects alternate the base colour and a
 darker variant (x0.55) in horizontal bands two pixel rows high.
 
-Relations use T2I-CompBench's centre rule (metrics.md §4.6): "A on the left of B" holds
-when ``dx = B.cx - A.cx > 0`` and ``|dx| > |dy|``; "A above B" when ``dy = B.cy - A.cy > 0``
-and ``|dy| > |dx|``. :func:`scene_for` satisfies them with a clear margin (disjoint bounding
-boxes along the relation axis and ``|dx| >= |dy| + 3``).
+Relations use the box-centre rule of T2I-CompBench's UniDet 2D-spatial evaluator
+(Karine-Huang/T2I-CompBench@1b70949): "A on the left of B" holds when ``dx = B.cx - A.cx > 0``
+and ``|dx| > |dy|``; "A above B" when ``dy = B.cy - A.cy > 0`` and ``|dy| > |dx|``.
+:func:`scene_for` satisfies them with a clear margin (disjoint bounding boxes along the
+relation axis and ``|dx| >= |dy| + 3``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Latent Reward Model (LRM): the diffusion UNet as a noise-aware reward model (lpo.md §2).
+"""Latent Reward Model (LRM): the diffusion UNet as a noise-aware reward model (arXiv 2502.01051;
+Kwai-Kolors/LPO@9c2e8b8 lrm/lrm_15/trainer/models/).
 
 Visual side: the UNet trunk (time embedding, conv_in, down blocks, mid block; up blocks never
 run), each down stage's last resnet output (before down-sampling) and the mid-block output
 average-pooled and concatenated, then ``visual_projection`` (no bias). Visual Feature
 Enhancement (VFE): the trunk runs on [cond; uncond("")] and only the pooled MID vector is
-guided, v_mid = v_u + gs (v_c - v_u) (lpo.md §2.4). Text side: SD/toy: the text encoder's pooled
+guided, v_mid = v_u + gs (v_c - v_u) (paper Eq. for V_enh). Text side: SD/toy: the text encoder's pooled
 EOS output through ``text_projection``; SDXL: encoder 2's ``text_embeds`` with no projection.
 Score S = exp(logit_scale) · cos(V, T) (paper Eq. for S(p, x_t, t)).
 
@@ -46,7 +47,7 @@ class LRMText:
 def unet_trunk(
     unet: Any, sample: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Down + mid blocks of a diffusers UNet2DConditionModel (lpo.md §2.1: up blocks never run).
+    """Down + mid blocks of a diffusers UNet2DConditionModel (up blocks never run: about half a UNet call).
 
     Returns ([last resnet output of each down stage, before down-sampling], mid-block output).
     """
@@ -83,6 +84,7 @@ class LatentRewardModel(nn.Module):
 
     id = "lrm"
     version = "1"
+    input_mode = "noisy_latent"  # scores x_t itself (step-accuracy labels its rows with this)
 
     def __init__(
         self,
@@ -224,7 +226,7 @@ class LatentRewardModel(nn.Module):
         return LRMText(embeds, feature / feature.norm(dim=-1, keepdim=True))
 
     def negative_embeds(self, n: int) -> PromptEmbeds:
-        """The VFE unconditional branch: the real "" encoding (lpo.md §2.4 step 1)."""
+        """The VFE unconditional branch: the real "" encoding, not zeros (as the official LRM)."""
         return self.encode_text([""] * n).embeds
 
     # ------------------------------------------------------------------ visual + score

@@ -1,5 +1,6 @@
-"""LRM training (lpo.md §3): MPCF-filtered pairs, one grid timestep per pair, independent noise per image,
-2-way cross-entropy with soft tie labels and per-prompt weights, AdamW with warmup then linear decay.
+"""LRM training, as Kwai-Kolors/LPO@9c2e8b8 lrm/lrm_15/trainer/: MPCF-filtered pairs, one grid timestep per
+pair, independent noise per image, 2-way cross-entropy with soft tie labels and per-prompt weights, AdamW
+with warmup then linear decay.
 
 Run by the harness loop in lpo_bench.reward_training (all time RM_TRAIN). Latents are the VAE posterior
 of each image, encoded once (mean and std cached) and re-sampled every step with the data generator, as
@@ -26,7 +27,7 @@ from lpo_bench.methods.stepwise.losses import pair_ce_loss, warmup_linear_decay
 
 @dataclass(frozen=True)
 class LRMConfig:
-    lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate (lpo.md §3.4)"})
+    lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate (official LRM-1.5 and LRM-XL)"})
     weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay"})
     warmup_updates: int = field(default=500, metadata={"help": "Linear warmup updates, then linear decay to 0"})
     max_updates: int = field(default=4000, metadata={"help": "Optimiser updates (SD1.5 4k, SDXL 8k)"})

@@ -1,9 +1,10 @@
-"""Multi-Preference Consistent Filtering (MPCF, lpo.md §3.1).
+"""Multi-Preference Consistent Filtering (MPCF; arXiv 2502.01051 Tab. 1, Kwai-Kolors/LPO@9c2e8b8
+lrm/lrm_15/trainer/datasets/step_sd_hf_dataset.py).
 
 A win/lose pair is kept when the winner is not much worse aesthetically and is better in both
 CLIP score and VQA score; a tie is kept when all three gaps are small. Gaps are
 G = S(winner) - S(loser) for win/lose pairs and |S(image 0) - S(image 1)| for ties (the official
-CSV is not public; absolute tie gaps are the reading under which its tie rule works, lpo.md §3.1).
+CSV is not public; its tie rule only works as written if it stores absolute gaps for ties).
 
 | strategy | aesthetic bound (win/lose) |   tie rule (all strategies)
 | 1        | aesthetic_gap > 0          |   aesthetic_gap < 0.2

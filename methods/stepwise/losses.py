@@ -19,7 +19,7 @@ def pair_ce_per_pair(s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor) 
 def pair_ce_loss(
     s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """PickScore-style 2-way cross-entropy with soft labels (lpo.md §3.3, baselines.md §2.2).
+    """PickScore-style 2-way cross-entropy with soft labels (the LRM and SPM training loss).
 
     s0, s1, label_0, weight: [b] -> scalar.
     ℓ_n = -(ℓ0·log p0 + ℓ1·log p1) + 1[tie]·log 0.5 with (p0, p1) = softmax(s0, s1) and ℓ1 = 1 - ℓ0;

@@ -1,4 +1,5 @@
-"""Online step-level preference machinery shared by LPO and SPO (lpo.md §4.3-4.5, baselines.md §2.3-2.4).
+"""Online step-level preference machinery shared by LPO and SPO (RockeyCoss/SPO@27a8642
+spo_training_and_inference/; Kwai-Kolors/LPO@9c2e8b8 lpo/ is a light fork of it).
 
 ``sample_step_pairs`` runs one sampling round: eta-DDIM with CFG from x_T; at every trained step it
 draws K candidates x_{t'} from the same x_t (shared mean, independent noise), scores them with a
@@ -67,7 +68,7 @@ class RoundSettings:
 
 
 def prob_gap(score_w: torch.Tensor, score_l: torch.Tensor) -> torch.Tensor:
-    """p_w - p_l of softmax([s_w, s_l]) = tanh((s_w - s_l) / 2) (lpo.md §4.3 step 6)."""
+    """p_w - p_l of softmax([s_w, s_l]) = tanh((s_w - s_l) / 2), the official pair-validity gap."""
     return torch.tanh((score_w - score_l) / 2)
 
 
@@ -145,7 +146,7 @@ def sample_step_pairs(
                     score_l=s_l[idx],
                 )
             )
-        # random continuation, independent of the scores (lpo.md §4.3 step 8)
+        # random continuation, independent of the scores (SPO's step-wise resampler; LPO keeps it)
         u = torch.randint(0, k, (b,), generator=generator)
         x = cands[u.to(dev), ar.to(dev)]
         if eps_c is not None:

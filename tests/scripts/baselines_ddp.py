@@ -15,9 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from lpo_bench import registry, runner, testing  # noqa: E402
+from lpo_bench import registry  # noqa: E402
+from lpo_bench.data.prompts import PromptList  # noqa: E402
+from lpo_bench.harness.train import TrainRequest, train_run  # noqa: E402
+from lpo_bench.models.tiny import tiny_bundle  # noqa: E402
 
-PROMPTS = ["a red circle", "two blue squares", "a green triangle"]
+PROMPTS = ("a red circle", "two blue squares", "a green triangle")
 SETS = {
     # 3 prompts × 3 branched steps, threshold 0 -> 9 pairs: odd, so the two ranks hold unequal shares
     "spo": {"num_inference_steps": 3, "prompts_per_round": 2, "train_batch_pairs": 2, "micro_batch_pairs": 1,
@@ -32,28 +35,19 @@ SPM = {"base": "tiny-clip", "tiny_layers": 1, "tiny_hidden": 32, "max_updates": 
 def main() -> None:
     method, pairs, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     torch.set_num_threads(1)
-    runner.load_backbone = lambda name, **kw: testing.tiny_bundle("sd15", seed=0).to(kw.get("device", "cpu"))
-    import lpo_bench.baselines.spo.method as spo
-    import lpo_bench.reward_training as rt
-
-    spo.training_prompts = lambda backbone, **kw: PROMPTS
-    orig = rt.make_trainer
-    rt.make_trainer = lambda kind, b, c, o: orig(kind, b, c, {**SPM, **o})
-    # Under DDP the ledger sums per-row maxima over ranks, which can exceed rank 0's own wall time by more
-    # than the 1% identity tolerance on a run this short (reported); this script checks training, not the ledger.
-    runner.check_identity = lambda phase_s, paused_s, wall_s, tol=0.01: 0.0
-    cls = registry.resolve("method", method)
+    spec = registry.method_spec(method)
+    cls = registry.load_target(spec.method)
     instances = []
     orig_setup = cls.setup
 
-    def setup(self, ctx):
+    def setup(self, ctx):  # keep the instance: every rank reports the weights it trained
         instances.append(self)
         return orig_setup(self, ctx)
 
     cls.setup = setup
-    opts = runner.TrainOptions(method=method, backbone="sd15", out_root=str(out), device="cpu",
-                               extra={"pairs": pairs}, overrides=SETS[method])
-    run_dir = runner.train_run(opts, log=lambda *_: None)
+    req = TrainRequest(method=method, backbone="sd15", out_root=str(out), device="cpu", pairs=pairs,
+                       overrides=SETS[method], reward_stage_overrides=SPM if spec.reward_stage else {})
+    run_dir = train_run(req, bundle=tiny_bundle("sd15", seed=0), prompts=PromptList(PROMPTS), log=lambda *_: None)
     rank = int(os.environ.get("RANK", "0"))
     h = hashlib.sha256()
     for k, v in sorted((k, v) for k, v in instances[0].policy_unet().named_parameters() if v.requires_grad):

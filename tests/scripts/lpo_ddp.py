@@ -11,28 +11,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from lpo_bench import runner, testing  # noqa: E402
 from lpo_bench.config import parse_set  # noqa: E402
+from lpo_bench.data.prompts import PromptList  # noqa: E402
+from lpo_bench.harness.train import TrainRequest, train_run  # noqa: E402
+from lpo_bench.models.tiny import tiny_bundle  # noqa: E402
 
 
 def main() -> None:
     pairs, out, per_round = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
-    runner.load_backbone = lambda name, **kw: testing.tiny_bundle("sd15", seed=0).to(kw.get("device", "cpu"))
-    prompts = ["a red circle", "two blue squares", "a green triangle"]
-    import lpo_bench.methods.lpo.method as m
-
-    m.training_prompts = lambda backbone, **kw: prompts
-    import lpo_bench.reward_training as rt
-
-    orig = rt.make_trainer
-    rt.make_trainer = lambda kind, b, c, o: orig(kind, b, c, {"max_updates": 1, "batch_pairs": 4, "warmup_updates": 1,
-                                                             "max_val_pairs": 4, "timestep_stride": 475, **o})
-    opts = runner.TrainOptions(
-        method="lpo", backbone="sd15", out_root=out, device="cpu", extra={"pairs": pairs},
+    req = TrainRequest(
+        method="lpo", backbone="sd15", out_root=out, device="cpu", pairs=pairs,
+        reward_stage_overrides={"max_updates": 1, "batch_pairs": 4, "warmup_updates": 1, "max_val_pairs": 4,
+                                "timestep_stride": 475},
         overrides=parse_set(["num_inference_steps=3", f"prompts_per_round={per_round}", "train_batch_pairs=2",
                              "epochs=1", "threshold_min=0", "threshold_max=0", "lora_rank=2"]))
-    run_dir = runner.train_run(opts, log=lambda *_: None)
+    prompts = PromptList(("a red circle", "two blue squares", "a green triangle"))
+    run_dir = train_run(req, bundle=tiny_bundle("sd15", seed=0), prompts=prompts, log=lambda *_: None)
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         logs = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
