@@ -7,6 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from lpo_bench.diffusion import ddim
+from lpo_bench.methods.stepwise.losses import step_dpo_loss
 
 OFFICIAL_SIGMA = [0.0206, 0.0406, 0.1673, 0.2144, 0.2509, 0.2836, 0.3144, 0.3442, 0.3732, 0.4016,
                   0.4293, 0.4565, 0.4829, 0.5087, 0.5336, 0.5576, 0.5807, 0.6029, 0.6241, 0.6444]
@@ -87,16 +88,16 @@ def test_step_dpo_loss_hand_values_sign_and_clip():
     z = torch.zeros(1)
     # inside the clip range: L = -log σ(β (d_w - d_l))
     d_w, d_l, beta = 0.01, -0.02, 10.0
-    got = ddim.step_dpo_loss(torch.tensor([d_w]), torch.tensor([d_l]), z, z, beta=beta)
+    got = step_dpo_loss(torch.tensor([d_w]), torch.tensor([d_l]), z, z, beta=beta)
     assert got.item() == pytest.approx(-math.log(1 / (1 + math.exp(-beta * (d_w - d_l)))))
     # preferring the winner lowers the loss (sign)
-    better = ddim.step_dpo_loss(torch.tensor([0.05]), z, z, z, beta=beta)
-    worse = ddim.step_dpo_loss(torch.tensor([-0.05]), z, z, z, beta=beta)
+    better = step_dpo_loss(torch.tensor([0.05]), z, z, z, beta=beta)
+    worse = step_dpo_loss(torch.tensor([-0.05]), z, z, z, beta=beta)
     assert better.item() < math.log(2) < worse.item()
     # clipped: log-ratios beyond log(1.1) / log(0.9) saturate and give no gradient
     lw = torch.tensor([0.5], requires_grad=True)
     ll = torch.tensor([-0.5], requires_grad=True)
-    loss = ddim.step_dpo_loss(lw, ll, z, z, beta=500.0, clip=0.1)
+    loss = step_dpo_loss(lw, ll, z, z, beta=500.0, clip=0.1)
     want = -math.log(1 / (1 + math.exp(-500 * (math.log(1.1) - math.log(0.9)))))
     assert loss.item() == pytest.approx(want, rel=1e-6, abs=1e-12)
     loss.sum().backward()
@@ -106,7 +107,7 @@ def test_step_dpo_loss_hand_values_sign_and_clip():
 def test_step_dpo_loss_gradient_inside_range():
     lw = torch.tensor([0.01], requires_grad=True)
     z = torch.zeros(1)
-    loss = ddim.step_dpo_loss(lw, z, z, z, beta=500.0)
+    loss = step_dpo_loss(lw, z, z, z, beta=500.0)
     loss.backward()
     # d/dx -log σ(βx) = -β σ(-βx)
     assert lw.grad.item() == pytest.approx(-500 * (1 / (1 + math.exp(500 * 0.01))))
