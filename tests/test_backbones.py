@@ -28,16 +28,6 @@ from lpo_bench.models.tiny import clip_tokenizer, tiny_bundle, tiny_components
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run single-threaded: on a shared, oversubscribed 2-core box two OpenMP threads
-    made a tiny UNet forward ~100x slower (1.3 s vs 7 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAMILIES = ("sd15", "sd21", "sdxl")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,16 +22,6 @@ from lpo_bench.models.tiny import tiny_bundle, tiny_components
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run single-threaded: on a shared, oversubscribed 2-core box two OpenMP threads
-    made a tiny UNet forward ~100x slower (1.3 s vs 7 ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _inputs(bundle, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, *bundle.latent_shape, generator=g)

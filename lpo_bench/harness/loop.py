@@ -42,12 +42,17 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def restore(self, trainable: Any, ledger: Ledger) -> int:
-        """Load the checkpoint into ``trainable``, the global RNGs and the ledger; returns the step."""
-        state = load_checkpoint(self.path)
-        trainable.load_state_dict(state["state"])
-        set_rng_state(state["rng"])
-        ledger.rewind(state["ledger_totals"])
+    def resume(self, trainable: Any, ledger: Ledger, *, resuming: bool, log: Callable[[str], None]) -> int:
+        """On ``--resume`` with a checkpoint: load it into ``trainable``, the global RNGs and the ledger (CHECKPOINT
+        time); returns the step to continue from (0 for a fresh start)."""
+        if not (resuming and self.exists()):
+            return 0
+        with ledger.phase(Phase.CHECKPOINT):
+            state = load_checkpoint(self.path)
+            trainable.load_state_dict(state["state"])
+            set_rng_state(state["rng"])
+            ledger.rewind(state["ledger_totals"])
+        log(f"resumed {self.path.parent.name} at update {int(state['step'])}")
         return int(state["step"])
 
 
@@ -64,6 +69,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not {"step", "state", "rng", "ledger_totals"} <= set(state):
         raise HarnessError(f"{path} is not an lpo-bench checkpoint of this version; pass --overwrite to restart the run")
     return state
+
+
+def open_ledger(run_dir: Path, *, device: str, dist: Any, clock: Callable[[], float]) -> Ledger:
+    """The run's ledger: CUDA-synchronised timestamps on GPUs, GPU-hours x processes, max over ranks."""
+    import torch
+
+    return Ledger(run_dir / "ledger.jsonl", clock=clock, sync=torch.cuda.synchronize if device.startswith("cuda") else None,
+                  devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
 
 
 @dataclass

@@ -8,7 +8,7 @@ is written to ``<run>/model``; pass that directory to ``train --reward-model``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +18,24 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.harness import reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256
-from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, run_loop
+from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
 from lpo_bench.harness.method import RunInputs, TrainContext
+from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
-from lpo_bench.ledger import Ledger, Phase, check_identity
+from lpo_bench.ledger import Phase, check_identity
 
 
-@dataclass
-class RewardRequest:
+@dataclass(kw_only=True)
+class RewardRequest(RunRequest):
+    """Everything ``lpo-bench train-reward`` is asked to do."""
+
     kind: str  # a name in registry.STEP_REWARD_MODELS
-    pairs: str | None = None
-    backbone: str = "toy"
-    seed: int = 0
-    config_file: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    out_root: str | None = None
-    run_id: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    weights_dir: str | None = None
-    device: str | None = None
     checkpoint_every_updates: int = 100
-    stop_after_updates: int | None = None  # simulate an interruption (tests)
 
 
 def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = time.perf_counter,
                      log: Any = print) -> Path:
     """Train step reward model ``req.kind`` on ``req.pairs``; returns the run directory."""
-    import torch
-
     from lpo_bench.models.load import load_bundle
 
     stage = registry.reward_model_spec(registry.check_name("step-reward-model", req.kind))
@@ -64,9 +53,7 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
                      run_id=req.run_id, overwrite=req.overwrite, resume=req.resume, dist=dist) as run:
         ckpt = Checkpointer(run.dir / CHECKPOINT_FILE, write=dist.is_main)
         run.keep_on_error = ckpt.exists()
-        ledger = Ledger(run.dir / "ledger.jsonl", clock=clock,
-                        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
-                        devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
+        ledger = open_ledger(run.dir, device=device, dist=dist, clock=clock)
         wall_start = ledger.now()
         with ledger.phase(Phase.SETUP):
             seed_everything(req.seed)
@@ -78,11 +65,7 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
         trainer = registry.load_target(stage.trainer)()
         with ledger.phase(Phase.RM_TRAIN):
             trainer.setup(ctx)
-        step = 0
-        if run.resuming and ckpt.exists():
-            with ledger.phase(Phase.CHECKPOINT):
-                step = ckpt.restore(trainer, ledger)
-            log(f"resumed {run.run_id} at update {step}")
+        step = ckpt.resume(trainer, ledger, resuming=run.resuming, log=log)
         with ledger.phase(Phase.CHECKPOINT):
             run.start({"reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
                        "config": config_dict(cfg), "config_hash": run.identity_sha256,

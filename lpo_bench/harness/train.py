@@ -21,37 +21,25 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.harness import reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256, dir_sha256
-from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, run_loop
+from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
 from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
+from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
 
 
-@dataclass
-class TrainRequest:
-    """Everything ``lpo-bench train`` is asked to do (paths are provenance; contents are hashed)."""
+@dataclass(kw_only=True)
+class TrainRequest(RunRequest):
+    """Everything ``lpo-bench train`` is asked to do."""
 
     method: str
-    backbone: str = "toy"
-    seed: int = 0
-    config_file: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
     reward_stage_overrides: dict[str, Any] = field(default_factory=dict)
-    pairs: str | None = None
     reward_model: str | None = None
-    out_root: str | None = None
-    run_id: str | None = None
-    overwrite: bool = False
-    resume: bool = False
     budget_gpu_h: float | None = None
     eval_suite: str | None = None
     eval_every_gpu_s: float | None = None
     eval_prompts: int = 64
-    checkpoint_every_updates: int = 50
-    weights_dir: str | None = None
     data_dir: str | None = None
-    device: str | None = None
-    stop_after_updates: int | None = None  # simulate an interruption (tests)
 
 
 def method_config(spec: Any, backbone: str, config_file: str | None, overrides: dict[str, Any]) -> Any:
@@ -123,8 +111,6 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
               clock: Any = time.perf_counter, log: Any = print) -> Path:
     """Train ``req.method``; returns the run directory. ``bundle`` / ``prompts`` replace the registered
     backbone's model and training prompts (tests pass tiny seeded ones in)."""
-    import torch
-
     from lpo_bench.data.prompts import BackbonePrompts
     from lpo_bench.models.load import load_bundle
 
@@ -137,9 +123,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
                      dist=dist) as run:
         ckpt = Checkpointer(run.dir / CHECKPOINT_FILE, write=dist.is_main)
         run.keep_on_error = ckpt.exists()
-        ledger = Ledger(run.dir / "ledger.jsonl", clock=clock,
-                        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
-                        devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
+        ledger = open_ledger(run.dir, device=device, dist=dist, clock=clock)
         wall_start = ledger.now()  # the outer wall clock of this session starts with the ledger
         with ledger.phase(Phase.SETUP):
             seed_everything(req.seed)
@@ -151,11 +135,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             rm_rows, rm_source = _reward_model(ctx, plan)
             method = plan.method_cls()
             method.setup(ctx)
-        step = 0
-        if run.resuming and ckpt.exists():
-            with ledger.phase(Phase.CHECKPOINT):
-                step = ckpt.restore(method, ledger)
-            log(f"resumed {run.run_id} at update {step}")
+        step = ckpt.resume(method, ledger, resuming=run.resuming, log=log)
         with ledger.phase(Phase.CHECKPOINT):  # record keeping is off the headline clock but on the ledger
             run.start(_run_info(req, plan, ctx, rm_source, run.identity_sha256), bundle_provenance=bundle.provenance,
                       backbone=req.backbone, base_extra={"method": plan.spec.name, "seed": req.seed,
