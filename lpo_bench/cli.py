@@ -214,6 +214,7 @@ def demo(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated training seeds, e.g. 0,1,2"),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings (seconds), for smoke tests"),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered)"),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Use these toy pairs instead of making new ones"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
@@ -224,8 +225,10 @@ def demo(
     except ValueError:
         raise HarnessError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, quick=quick,
-                      overwrite=overwrite)
+    if pairs is not None and not pairs.is_dir():
+        raise HarnessError(f"--pairs {pairs} is not a directory; make toy pairs with `lpo-bench toy make-pairs`")
+    demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, pairs=pairs,
+                      quick=quick, overwrite=overwrite)
 
 
 @app.command()

@@ -32,13 +32,15 @@ def run_demo(
     report: Path,
     seeds: Sequence[int] = (0,),
     methods: Sequence[str] | None = None,
+    pairs: Path | None = None,
     quick: bool = False,
     overwrite: bool = True,
     pairs_sizes: dict[str, int] | None = None,
     eval_prompts: int | None = None,
     log: Any = print,
 ) -> Path:
-    """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory."""
+    """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory.
+    ``pairs``: an existing toy pairs directory to use instead of making new ones."""
     from lpo_bench.analysis.compare import compare
     from lpo_bench.evaluation import eval_run
     from lpo_bench.evaluation.step_accuracy import step_accuracy_run
@@ -59,8 +61,8 @@ def run_demo(
         return res
 
     sizes = pairs_sizes or (QUICK_PAIRS if quick else DEMO_PAIRS)
-    pairs_dir = out_root / "pairs"
-    if overwrite or not (pairs_dir / "pairs.json").exists():
+    pairs_dir = Path(pairs) if pairs is not None else out_root / "pairs"
+    if pairs is None and (overwrite or not (pairs_dir / "pairs.json").exists()):
         stage("toy pairs", lambda: make_pairs(pairs_dir, seed=0, overwrite=True, log=log, **sizes))
     train_runs: list[Path] = []
     reward_models: list[Path] = []

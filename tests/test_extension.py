@@ -27,8 +27,8 @@ def test_a_method_registered_in_a_test_runs_through_train_bench_demo_and_compare
         assert "winner-sft" in json.dumps(bench)
 
         report = tmp_path / "report"
-        assert main(["demo", "--quick", "--methods", "winner-sft", "--out-root", str(tmp_path / "demo"),
-                     "--report", str(report)]) == 0
+        assert main(["demo", "--quick", "--methods", "winner-sft", "--pairs", str(tiny_pairs), "--out-root",
+                     str(tmp_path / "demo"), "--report", str(report)]) == 0
     md = (report / "report.md").read_text()
     assert "winner-sft" in md
     capsys.readouterr()

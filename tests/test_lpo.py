@@ -142,3 +142,33 @@ def test_mpcf_strategies_and_tie_rule():
     assert g["different_flag"].tolist() == [1, 1, 0]
     assert g["aesthetic_gap"].tolist() == pytest.approx([1.0, 1.0, 0.5])  # winner - loser; |.| for the tie
     assert g["vqascore_gap"].tolist() == pytest.approx([0.4, 0.1, 0.1])
+
+
+def test_lpo_update_uses_beta_lpo_and_ratio_clip(tmp_path, monkeypatch):
+    """The shared step-wise update receives LPO's own beta and clip (a spy on the loss inputs)."""
+    from helpers import method_ctx
+
+    from lpo_bench.config import build_config
+    from lpo_bench.methods.lpo.bench import random_lrm
+    from lpo_bench.methods.lpo.config import LPOConfig
+    from lpo_bench.methods.lpo.method import LPO
+    from lpo_bench.methods.stepwise import rounds
+    from lpo_bench.models import tiny
+
+    lrm_dir = random_lrm(tiny.tiny_bundle("sd15", seed=0)).save(tmp_path / "lrm")
+    cfg = build_config(LPOConfig, parse_set(FAST_LPO), {"beta_lpo": 123.0, "ratio_clip": 0.2})
+    ctx = method_ctx(tiny.tiny_bundle("sd15", seed=0), cfg, tmp_path / "run", reward_model_dir=lrm_dir)
+    m = LPO()
+    m.setup(ctx)
+    seen = []
+    real = rounds.step_dpo_loss
+
+    def spy(lw, ll, rw, rl, *, beta, clip):
+        seen.append((beta, clip))
+        return real(lw, ll, rw, rl, beta=beta, clip=clip)
+
+    monkeypatch.setattr(rounds, "step_dpo_loss", spy)
+    with ctx.ledger.step(0):
+        logs = m.train_step(0)
+    assert seen and all(s == (123.0, 0.2) for s in seen)
+    assert set(logs) >= {"loss", "implicit_acc", "ratio_w", "ratio_l", "clipped", "grad_norm", "pairs", "t_mean"}

@@ -147,7 +147,7 @@ def test_run_identical_images_give_exactly_one_half(bundle, tmp_path):
                              metrics=["toy-clip"], timesteps=grid, max_pairs=10, log=lambda m: None)
 
 
-def test_accuracy_rows_and_table_hand_values():
+def test_accuracy_rows_hand_values():
     per_pair = [
         {"reward_model": "m", "input_mode": "noisy_latent", "timestep": t, "acc": a}
         for t, accs in ((1, [1.0, 1.0, 0.5, 0.0]), (501, [0.0, 0.0, 0.5, 1.0])) for a in accs
@@ -156,13 +156,6 @@ def test_accuracy_rows_and_table_hand_values():
     assert [r["value"] for r in rows] == [0.625, 0.375]
     assert rows[0]["n"] == 4 and rows[0]["scorer_checkpoint"] == "ck" and rows[0]["timestep"] == 1
     assert (rows[0]["ci_low"], rows[0]["ci_high"]) == stats.mean_ci([1.0, 1.0, 0.5, 0.0])[1:]
-    df = pd.DataFrame([{**r, "run_id": "r1"} for r in rows])
-    table = sa.step_accuracy_table(df)
-    assert list(table.columns) == ["m (noisy_latent)"] and list(table.index) == [1, 501]
-    assert table.loc[501, "m (noisy_latent)"] == 0.375
-    assert sa.step_accuracy_table(df, with_ci=True).loc[1, "m (noisy_latent)"].startswith("0.625 [")
-    two = pd.concat([df, df.assign(run_id="r2")])
-    assert sorted(sa.step_accuracy_table(two).columns) == ["r1: m (noisy_latent)", "r2: m (noisy_latent)"]
 
 
 def test_bad_inputs_are_harness_errors(bundle, tmp_path):

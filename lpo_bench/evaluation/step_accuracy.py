@@ -187,33 +187,6 @@ def accuracy_rows(per_pair: list[dict[str, Any]], provenance: dict[str, dict[str
     return rows
 
 
-def step_accuracy_table(measurements: Any, *, with_ci: bool = False) -> Any:
-    """Wide table for reports: one row per timestep, one column per "<reward model> (<input mode>)"
-    (prefixed by the run id when several runs are present); cells are accuracies, or
-    "0.812 [0.770, 0.851]" strings with ``with_ci``."""
-    import pandas as pd
-
-    df = measurements[measurements["kind"] == "step_reward_acc"].copy()
-    if df.empty:
-        return pd.DataFrame()
-    many = df["run_id"].nunique() > 1 if "run_id" in df.columns else False
-    df["column"] = df["metric"].astype(str) + " (" + df["input_mode"].astype(str) + ")"
-    if many:
-        df["column"] = df["run_id"].astype(str) + ": " + df["column"]
-    if df.duplicated(["column", "timestep"]).any():
-        raise ValueError("several measurements share a (reward model, input mode, timestep); filter to one run each")
-    if with_ci:
-        cis = zip(df["value"], df["ci_low"], df["ci_high"], strict=True)
-        df["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in cis]
-    else:
-        df["cell"] = df["value"].astype(float)
-    order = list(dict.fromkeys(df["column"]))
-    table = df.pivot(index="timestep", columns="column", values="cell")[order].sort_index()
-    table.index = table.index.astype(int)
-    table.columns.name = None
-    return table
-
-
 def plot_accuracy(measurements: Any, path: Path, title: str = "Step-level reward accuracy") -> Path:
     """Accuracy vs t, one line per (reward model, input mode) with its CI band and the 0.5 chance line."""
     import matplotlib
