@@ -1,13 +1,14 @@
-"""SPO: Step-by-step Preference Optimization with the step-aware preference model (baselines.md §2).
+"""SPO: Step-by-step Preference Optimization with the step-aware preference model
+(arXiv 2406.04314; RockeyCoss/SPO@27a8642).
 
-Stage 1 (RM_TRAIN, unless ``--spm DIR`` gives a trained one): train the SPM (``spm_train``).
+Stage 1, run by the harness (RM_TRAIN, unless ``--reward-model DIR`` gives a trained one): the SPM (``spm_train``).
 Stage 2, per round: eta-DDIM with CFG over this process's prompts via ``lpo_bench.methods.stepwise.sampler``; from
 the first step with t <= ``max_train_timestep`` (751, official divert_start_step 4) on, K candidates
 x_{t'} share the mean of x_t and are scored by the scorer below; the (max, min) pair is kept when
 p_w - p_l > ``threshold_spo`` (fixed 0.3); the trajectory continues from a uniformly random
 candidate. Pairs from all ranks are gathered without dropping any and shuffled identically on every
-rank; each minibatch is one optimiser update of LoRA (q/k/v/out) with the clipped step-DPO loss
-``ddim.step_dpo_loss`` (β_spo = 10, clip 0.1) on ``sampler.step_pair_logps`` log-probs.
+rank; each minibatch is one optimiser update of LoRA (q/k/v/out), the update shared with LPO
+(``StepwiseMethod._update``: the clipped step-DPO loss, β_spo = 10, clip 0.1, on per-element-mean log-probs).
 
 Scorer (all under Phase.SCORE): one CFG pass of the policy UNet on the K candidates at their own
 (child) timestep t' gives ε̂ and x̂0; the ε̂ is handed back to the sampler, which reuses it as the next
@@ -18,7 +19,7 @@ candidates are final samples: decoded directly, scored at t = 0, no UNet pass.
 Counters: SAMPLE ``unet_fwd`` (sampler's own passes); SCORE ``unet_fwd`` (candidate passes),
 ``vae_decode``, ``reward_fwd``; UPDATE ``unet_fwdbwd`` (policy) and ``unet_fwd`` (reference), all
 in UNet evaluations (a CFG pass on n latents = 2n). Deviations from the official code: the gradient
-norm is really clipped (official: a no-op), no pair is dropped when gathering (official drops
+norm is really clipped (official: a no-op; ``official_grad_clip_noop=true`` restores it), no pair is dropped when gathering (official drops
 N mod world_size), one policy and one reference CFG forward per pair (winner and loser share x_t),
 cached prompt embeddings. SDXL's "multi-step" variant (inner steps) is not implemented.
 """

@@ -1,11 +1,12 @@
-"""LPO: step-level Latent Preference Optimization with the LRM (lpo.md §4).
+"""LPO: step-level Latent Preference Optimization with the LRM (arXiv 2502.01051 Sec. 4; Kwai-Kolors/LPO@9c2e8b8).
 
-Per round: eta-DDIM with CFG over B prompts; at every step K candidates from one x_t are scored
+The harness trains the LRM first (RM_TRAIN, unless ``--reward-model DIR`` gives one). Per round: eta-DDIM with CFG over B prompts; at every step K candidates from one x_t are scored
 by the frozen LRM at the PARENT timestep (official; ``lrm_timestep="child"`` switches), the
 (max, min) pair is kept when p_w - p_l > th(t) (σ-shaped dynamic threshold computed from the
 scheduler), and the trajectory continues from a uniformly random candidate. Pairs from all ranks
 are gathered without dropping any; each minibatch is one optimiser update of LoRA on attention
-q/k/v/out with the clipped step-DPO loss (beta_lpo 500, clip 0.1) on per-element-mean log-probs.
+q/k/v/out, the update shared with SPO (``StepwiseMethod._update``: the clipped step-DPO loss, beta_lpo 500,
+clip 0.1, on per-element-mean log-probs).
 
 Deviations from the official code, each a named switch: ``grad_clip_norm`` really clips
 (official: a no-op, ``official_grad_clip_noop=True`` restores it), ``drop_remainder_pairs=False``
