@@ -123,3 +123,30 @@ def test_registry_extension_is_scoped_and_refuses_clashes():
             pass
     with pytest.raises(HarnessError, match="unknown method"):
         registry.check_name("method", "winner-sft")
+
+
+class _Diverging:
+    """A trainable whose loss turns infinite at its third update."""
+
+    def train_step(self, step):
+        return {"loss": float("inf") if step == 2 else 1.0}
+
+    def is_done(self, step):
+        return step >= 5
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@pytest.mark.parametrize("phase", [None, "RM_TRAIN"])
+def test_the_one_loop_stops_on_an_infinite_loss_for_policies_and_reward_models(phase, tmp_path):
+    from lpo_bench.harness.loop import LoopSettings, run_loop
+    from lpo_bench.ledger import Ledger, Phase
+
+    settings = LoopSettings(label="x", phase=Phase(phase) if phase else None, train_log=tmp_path / "log.jsonl")
+    with pytest.raises(HarnessError, match="loss became inf at update 2"):
+        run_loop(_Diverging(), Ledger(tmp_path / "l.jsonl"), settings, log=lambda *_: None)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # the two good updates were logged
