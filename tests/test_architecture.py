@@ -148,8 +148,9 @@ def test_import_graph_is_acyclic():
 
 
 def test_harness_files_stay_small():
-    """A harness, analysis or bench file over ~400 lines mixes concerns."""
-    big = {str(p.relative_to(ROOT)): n for p in _core_files() if p.parts[-2] in ("harness", "analysis", "bench",
-                                                                                 "evaluation")
-           if (n := len(p.read_text().splitlines())) > 420}
+    """A harness, analysis, evaluation or bench file over ~400 lines mixes concerns. The toy world's renderer
+    and the metric adapters' rule tables are cohesive and exempt."""
+    exempt = (CORE / "toy", CORE / "metrics")
+    big = {str(p.relative_to(ROOT)): n for p in _core_files() if not p.is_relative_to(exempt[0])
+           and not p.is_relative_to(exempt[1]) if (n := len(p.read_text().splitlines())) > 420}
     assert big == {}
