@@ -4,6 +4,11 @@ Resolution order (later wins): dataclass defaults -> ``<method package>/configs/
 (if present) -> ``--config FILE`` (TOML) -> ``--set key=value`` (repeatable). Unknown keys are an
 error with a did-you-mean. The resolved config is stored with the run as canonical JSON and its
 sha256 is the config hash.
+
+Every field declares its valid values next to its help, in the field metadata: ``"valid": Range(ge=1)`` for
+numbers (``ANY`` where every value is meant), a ``Literal[...]`` or ``bool`` type for choices. Rules between
+fields are a ``CHECKS: ClassVar[tuple[Check, ...]]`` on the class. :func:`build_config` enforces both, so a bad
+value fails before any model loads, with one line naming the field, the value and the valid range.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import dataclasses
 import difflib
 import importlib.util
 import json
+import operator
 import sys
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lpo_bench.errors import HarnessError
 
@@ -23,6 +30,78 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Range:
+    """Valid values of a numeric field: ``field(default=4, metadata={"help": "...", "valid": Range(ge=2)})``.
+
+    ``gt``/``ge``/``lt``/``le`` are the bounds (left out: open); ``multiple_of`` asks for a multiple. ``None``
+    (an optional field's "off") is always valid; for a tuple field the range holds for every element.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    multiple_of: int | None = None
+
+    def ok(self, v: Any) -> bool:  # written so that NaN fails every bound
+        return ((self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
+                and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le)
+                and (self.multiple_of is None or v % self.multiple_of == 0))
+
+    def __str__(self) -> str:
+        lo = f"({self.gt:g}" if self.gt is not None else f"[{self.ge:g}" if self.ge is not None else ""
+        hi = f"{self.lt:g})" if self.lt is not None else f"{self.le:g}]" if self.le is not None else ""
+        if lo and hi:
+            text = f"in {lo}, {hi}"
+        else:
+            bounds = ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+            text = " and ".join(f"{op} {v:g}" for op, v in bounds if v is not None) or "any value"
+        return text + (f", a multiple of {self.multiple_of}" if self.multiple_of is not None else "")
+
+
+ANY = Range()  # the explicit "every value is meant" marker
+
+
+_OPS = {"<=": (operator.le, ">"), "<": (operator.lt, ">=")}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule between two fields, ``left op right``, listed in the class's ``CHECKS`` tuple, e.g.
+    ``Check("warmup_updates", "<=", "max_updates")``. Skipped when either side is None, or when
+    ``unless=(field, value)`` holds (a rule that does not apply in that mode)."""
+
+    left: str
+    op: Literal["<=", "<"]
+    right: str
+    unless: tuple[str, Any] | None = None
+
+    def __str__(self) -> str:
+        tail = f" (unless {self.unless[0]}={self.unless[1]!r})" if self.unless else ""
+        return f"{self.left} {self.op} {self.right}{tail}"
+
+
+def validate(cfg: Any) -> None:
+    """Raise a one-line HarnessError for the first field outside its declared range or the first failed check."""
+    cls = type(cfg)
+    for f in dataclasses.fields(cls):
+        valid, value = f.metadata.get("valid"), getattr(cfg, f.name)
+        if valid is None or value is None:
+            continue
+        if not all(valid.ok(v) for v in (value if isinstance(value, tuple) else (value,))):
+            why = f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+            raise HarnessError(f"invalid config: {f.name}={value!r} for {cls.__name__}; valid: {valid}{why}")
+    for check in getattr(cls, "CHECKS", ()):
+        a, b = getattr(cfg, check.left), getattr(cfg, check.right)
+        if a is None or b is None or (check.unless and getattr(cfg, check.unless[0]) == check.unless[1]):
+            continue
+        holds, negated = _OPS[check.op]
+        if not holds(a, b):
+            raise HarnessError(f"invalid config: {check.left}={a!r} {negated} {check.right}={b!r} for "
+                               f"{cls.__name__}; valid: {check}")
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -114,9 +193,11 @@ def build_config(cls: type, *layers: dict[str, Any]) -> Any:
                 raise HarnessError(f"unknown config key '{k}' for {cls.__name__}.{hint} Known keys: {', '.join(names)}")
             values[k] = _coerce(cls, k, v, hints[k])
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except (ValueError, TypeError) as exc:
         raise HarnessError(f"invalid {cls.__name__}: {exc}") from None
+    validate(cfg)
+    return cfg
 
 
 def load_config(

@@ -15,6 +15,7 @@ import pytest
 from lpo_bench import records
 from lpo_bench.analysis import stats
 from lpo_bench.analysis.compare import compare
+from lpo_bench.analysis.render import fmt_signed_ci
 from lpo_bench.analysis.time_to_target import parse_target
 from lpo_bench.errors import HarnessError
 from lpo_bench.published import load_published
@@ -361,3 +362,119 @@ def test_without_a_proposed_method_the_first_given_is_the_reference_with_a_note(
     rep = json.loads((out / "report.json").read_text())
     assert rep["reference_method"] == "beta"
     assert any("no train run is marked method_role 'proposed'" in n for n in rep["notes"])
+
+
+# ---------------------------------------------------------------------------- the headline
+def _answers(out) -> dict[str, str]:
+    rep = json.loads((out / "report.json").read_text())
+    return {a["question"]: a["answer"] for a in rep["headline"]["answers"]}
+
+
+def test_report_opens_with_the_headline_table_and_answers(toy_report):
+    _, out, md = toy_report
+    lines = md.read_text().splitlines()
+
+    def at(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    order = [at("## Headline"), at("| method |"), at("**Which method improved quality most?**"),
+             at("**At what cost?**"), at("**How fast to the target?**"), at("## Provenance"),
+             at("<details><summary>Command"), at("lpo-bench compare /"), at("</details>"), at("## How to read this")]
+    assert order == sorted(order) and order[-1] < 45, order
+    assert at("| lpo (reference) |") < at("| diffusion-dpo |")  # the only evaluated method first
+    page = (out / "report.html").read_text()
+    pos = [page.index('<section class="headline">'), page.index("<table"), page.index("At what cost?"),
+           page.index("<details>"), page.index("lpo-bench compare /"), page.index("</details>"),
+           page.index("How to read this")]
+    assert pos == sorted(pos)
+    head = pd.read_csv(out / "headline.csv").set_index("method")
+    assert head.loc["spo", "speedup_incl_rm"] == pytest.approx(5.4 / 2.8)
+    assert head.loc["lpo", "gpu_h_excl_rm_median"] == pytest.approx(1.8) and bool(head.loc["lpo", "reference"])
+
+
+def test_headline_answers_carry_the_hand_computed_numbers(toy_report):
+    _, out, md = toy_report
+    ans = _answers(out)
+    # quality: the same paired difference as the section's table (one evaluated seed)
+    d = pd.read_csv(out / "quality_vs_base_toy-general.csv").set_index("category").loc["all"]
+    assert ans["Which method improved quality most?"].startswith(
+        f"lpo: {fmt_signed_ci(d['diff_vs_base'], d['ci_low'], d['ci_high'])} toy-oracle vs base on toy-general "
+        f"(paired 95% CI over 10 prompts, excludes 0).")
+    assert "only method evaluated" in ans["Which method improved quality most?"]
+    assert "1 evaluated seed per method" in ans["Which method improved quality most?"]
+    # cost (see LPO_PHASES): medians 1.8 / 2.8, 3.6 / 5.4, 9 / 9; speed-ups 3.6/1.8, 5.4/2.8, 9/1.8, 9/2.8
+    cost = ans["At what cost?"]
+    assert "lpo 1.8 / 2.8, spo 3.6 / 5.4, diffusion-dpo 9 / 9." in cost
+    assert "spo 2× / 1.93×, diffusion-dpo 5× / 3.21×." in cost
+    assert "3 training seeds per method" in cost and "(lpo 0.9–2.7, spo 3.6–3.6) do not overlap" in cost
+    # time to 0.6 (see LPO_CURVES): medians 1.0 / 2.0 (RM 1 GPU-h), 3 / 3, a majority of misses for spo
+    ttt = ans["How fast to the target?"]
+    assert ("lpo 1 / 2 (2/3 seeds reached), diffusion-dpo 3 / 3 (3/3 seeds reached), spo not reached / not "
+            "reached (1/3 seeds reached)") in ttt
+    assert "diffusion-dpo 3× / 1.5×" in ttt and "(given)" in ttt
+    assert all(a in md.read_text() for a in ans.values())
+
+
+def _two_methods(root, offsets):
+    """Base plus two evaluated seeds of each method on 10 prompts x 2 images: image score = base + the
+    method's per-prompt offset ± 0.01 (seed 0 +, seed 1 -), so the mean over seeds is the offset."""
+    rng = np.random.default_rng(1)
+    base = {(i, k): float(rng.uniform(0.2, 0.6)) for i in range(10) for k in range(2)}
+    make_eval(root, "base-toy", "base", None, base)
+    pooled = {}
+    for method, off in offsets.items():
+        per_seed = []
+        for s, shift in enumerate((0.01, -0.01)):
+            scores = {(i, k): v + off[i] + shift for (i, k), v in base.items()}
+            make_eval(root, f"{method}-s{s}", method, s, scores)
+            per_seed.append(np.array([(scores[i, 0] + scores[i, 1]) / 2 - (base[i, 0] + base[i, 1]) / 2
+                                      for i in range(10)]))
+        pooled[method] = (per_seed[0] + per_seed[1]) / 2  # the per-prompt change, mean over seeds
+    out = root / "rep"
+    compare([root / "eval"], out)
+    return out, pooled
+
+
+def test_non_overlapping_cis_give_a_definite_answer(tmp_path):
+    u, w = np.random.default_rng(2).normal(0, 0.02, size=(2, 10))
+    out, pooled = _two_methods(tmp_path, {"alpha": 0.3 + u, "beta": 0.05 + w})
+    a, b = stats.mean_ci(pooled["alpha"]), stats.mean_ci(pooled["beta"])
+    assert a[0] == pytest.approx(0.3 + u.mean()) and b[0] == pytest.approx(0.05 + w.mean())
+    ans = _answers(out)
+    best = ans["Which method improved quality most?"]
+    assert best.startswith(f"alpha: {fmt_signed_ci(*a)} toy-oracle vs base on toy-general (paired 95% CI over 10 "
+                           f"prompts of the mean over 2 seeds, excludes 0).")
+    assert f"The runner-up's CI does not overlap alpha's (beta: {fmt_signed_ci(*b)})." in best
+    gap = ans["Is the difference between the best two methods resolved?"]
+    diff = stats.paired_diff_ci(pooled["alpha"], pooled["beta"])
+    assert diff[0] == pytest.approx(0.25 + u.mean() - w.mean())
+    assert gap.startswith(f"Yes on these prompts: alpha − beta = {fmt_signed_ci(*diff)} toy-oracle on toy-general "
+                          f"(paired 95% CI over the same 10 prompts excludes 0), so alpha is ahead.")
+    assert "do not overlap" in gap and "could reverse" not in gap
+    head = pd.read_csv(out / "headline.csv").set_index("method")
+    assert head.loc["alpha", "toy-oracle on toy-general: diff_vs_base"] == pytest.approx(0.3 + u.mean())
+    assert head.loc["alpha", "toy-oracle on toy-general: n_eval_seeds"] == 2
+    assert ans["At what cost?"].startswith("Not measured")
+
+
+def test_overlapping_cis_give_a_hedged_answer(tmp_path):
+    u = np.random.default_rng(3).normal(0, 0.05, size=10)
+    out, pooled = _two_methods(tmp_path, {"alpha": 0.1 + u, "beta": 0.098 + u[::-1]})
+    a, b = stats.mean_ci(pooled["alpha"]), stats.mean_ci(pooled["beta"])
+    assert stats.overlap(a[1], a[2], b[1], b[2])
+    ans = _answers(out)
+    best = ans["Which method improved quality most?"]
+    assert best.startswith(f"alpha: {fmt_signed_ci(*a)} toy-oracle")
+    assert (f"The runner-up's CI overlaps alpha's (beta: {fmt_signed_ci(*b)}), so these intervals alone do not "
+            f"rank the two") in best
+    gap = ans["Is the difference between the best two methods resolved?"]
+    diff = stats.paired_diff_ci(pooled["alpha"], pooled["beta"])
+    assert diff[0] == pytest.approx(0.002, abs=1e-12)
+    assert gap == (f"No: alpha − beta = {fmt_signed_ci(*diff)} toy-oracle on toy-general (paired 95% CI over the "
+                   f"same 10 prompts includes 0); these runs do not separate them (2 evaluated seeds per method).")
+
+
+def test_interval_helpers():
+    assert stats.excludes(0.01, 0.2) and stats.excludes(-0.3, -0.1) and not stats.excludes(-0.1, 0.2)
+    assert not stats.excludes(math.nan, math.nan)
+    assert stats.overlap(0, 1, 1, 2) and not stats.overlap(0, 1, 1.5, 2) and stats.overlap(0, 1, math.nan, 2)

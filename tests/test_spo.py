@@ -110,7 +110,7 @@ def test_spm_save_load_is_strict(tmp_path):
 
 
 def test_pickscore_pair_loss_hand_values():
-    from lpo_bench.baselines.spo.spm_train import pickscore_pair_loss
+    from lpo_bench.methods.stepwise.losses import pair_ce_per_pair as pickscore_pair_loss
 
     s0, s1 = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0])
     per = pickscore_pair_loss(s0, s1, torch.tensor([1.0, 0.0, 0.5]))
@@ -118,7 +118,8 @@ def test_pickscore_pair_loss_hand_values():
 
 
 def test_spm_trainer_steps_and_validation_rows(tiny_pairs, tmp_path):
-    from lpo_bench.baselines.spo.spm_train import SPMConfig, SPMTrainer
+    from lpo_bench.baselines.spo.spm_config import SPMConfig
+    from lpo_bench.baselines.spo.spm_train import SPMTrainer
     from lpo_bench.models import tiny
 
     b = tiny.tiny_bundle("sdxl")

@@ -17,52 +17,18 @@ Counters per update: ``unet_fwd`` (4 per pair: 2 images × CFG), ``vae_decode`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from lpo_bench.analysis import stats
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, predicted_clean_images
+from lpo_bench.baselines.spo.spm_config import SPMConfig
 from lpo_bench.data.pairs import load_pairs
 from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
 from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, warmup_linear_decay
-
-
-@dataclass(frozen=True)
-class SPMConfig:
-    base: Literal["pickscore", "tiny-clip"] = field(default="pickscore", metadata={
-        "help": "Initial scorer: pickscore (PickScore_v1, official) or tiny-clip (small random CLIP; toy, tests)"})
-    tiny_image_size: int = field(default=32, metadata={"help": "tiny-clip: input image size"})
-    tiny_hidden: int = field(default=64, metadata={"help": "tiny-clip: width of both towers"})
-    tiny_layers: int = field(default=3, metadata={"help": "tiny-clip: transformer layers per tower"})
-    tiny_patch_size: int = field(default=4, metadata={"help": "tiny-clip: ViT patch size"})
-    tiny_text_from_backbone: bool = field(default=True, metadata={
-        "help": "tiny-clip: start the text tower from the backbone's (first) text encoder instead of random"})
-    lr: float = field(default=3e-6, metadata={"help": "AdamW peak learning rate (official 3e-6 SD1.5, 1e-6 SDXL)"})
-    weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay (official 0.3)"})
-    warmup_updates: int = field(default=500, metadata={"help": "Linear warmup updates (official 500)"})
-    max_updates: int = field(default=8000, metadata={"help": "Updates on noisy pairs (official 8000 SD1.5, 7000 SDXL)"})
-    lr_decay_updates: int = field(default=32000, metadata={
-        "help": "Update at which the linear decay would reach 0 (official: max steps × 4 processes, so the "
-                "LR only falls to ≈0.76× peak by the end)"})
-    clean_warmup_updates: int = field(default=0, metadata={
-        "help": "Extra first updates on clean pair images at t=0 (no UNet/VAE); toy only"})
-    batch_pairs: int = field(default=64, metadata={"help": "Pairs per update (official 16 × 4 GPUs = 64)"})
-    micro_batch_pairs: int = field(default=16, metadata={"help": "Pairs per forward/backward (exact accumulation)"})
-    grad_clip_norm: float = field(default=1.0, metadata={"help": "Max gradient norm (0 disables); really clips"})
-    guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale of the frozen UNet's x̂0 prediction"})
-    max_train_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs (None = all)"})
-    max_val_pairs: int = field(default=512, metadata={"help": "Validation pairs per timestep (ties dropped)"})
-    val_timesteps: tuple[int, ...] = field(default=(0, 251, 501, 701, 951), metadata={
-        "help": "Timesteps of the validation pairwise accuracy (official)"})
-    encode_batch: int = field(default=32, metadata={"help": "VAE encode batch when caching latents"})
-
-
-# PickScore's cross-entropy per pair is the LRM's too: one implementation serves both.
-pickscore_pair_loss = pair_ce_per_pair
 
 
 def lr_at(step: int, cfg: SPMConfig) -> float:
@@ -151,7 +117,7 @@ class SPMTrainer:
             self.ctx.ledger.count("reward_fwdbwd", 2 * m)
             s0, s1 = s.chunk(2)
             lab, w = self.label[chunk].to(dev), self.weight[chunk].to(dev)
-            per = pickscore_pair_loss(s0, s1, lab)
+            per = pair_ce_per_pair(s0, s1, lab)  # PickScore's cross-entropy, the LRM's too
             ((per * w).sum() / w_sum).backward()
             loss_sum += float((per.detach() * w).sum())
             with torch.no_grad():

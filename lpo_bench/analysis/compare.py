@@ -3,7 +3,9 @@
 Reads finished runs' ``run.json``, ``measurements.parquet``, ``per_sample.parquet``, ``ledger.jsonl``
 and saved images; never logs. Every headline number comes from :mod:`lpo_bench.analysis.stats`. Writes
 into ``out``: ``report.md``, a self-contained ``report.html`` (figures as data URIs), ``report.json``
-(every headline number), one CSV per table and the PNG figures.
+(every headline number), one CSV per table and the PNG figures. Both reports open with the answer
+(:mod:`lpo_bench.analysis.headline`: one row per method and one generated sentence per question), then
+provenance (the command line collapsed), how to read, the sections and the notes.
 
 Definitions (printed in every report, "How to read this"):
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from lpo_bench import __version__, records
 from lpo_bench.analysis.cost import cost_figure, cost_section, run_cost
+from lpo_bench.analysis.headline import headline_section
 from lpo_bench.analysis.quality import quality_section
 from lpo_bench.analysis.render import Figure, Section, Table, jsonable, render, titled
 from lpo_bench.analysis.runs import (
@@ -81,6 +84,17 @@ def _how_to_read(runs: list[Run], reference: str | None, published: Any) -> list
     return how
 
 
+def _lead(runs: list[Run]) -> list[str]:
+    """One-line caveats printed above the headline."""
+    lead = []
+    if any(i.startswith("tiny-") for r in runs for i in (r.backbone, r.backbone_id)):
+        lead.append("Tiny random-weight backbones: their numbers only check the plumbing.")
+    if any(r.backbone == "toy" for r in runs):
+        lead.append("Toy world (CPU toy model, programmatic oracle): these numbers test the harness and the methods' "
+                    "relative behaviour; they are not the paper's numbers.")
+    return lead
+
+
 def _command(runs: Sequence[str | Path], out: Path, target: str | None, allow_mixed: bool) -> str:
     parts = ["lpo-bench", "compare", *map(str, runs), "--out", str(out)]
     if target is not None:
@@ -119,7 +133,8 @@ def _training_sections(train_runs: list[Run], target: str | None, reference: str
     targets = resolve_targets(target, curves) if len(curves) else []
     ttt_sec, headline["time_to_target"] = ttt_section(curves, targets, {c.run.run_id: c.rm for c in costs},
                                                       reference, mixed, out)
-    headline["targets"] = [{"target": tg.text(), "how": tg.how, "backbone": tg.backbone} for tg in targets]
+    headline["targets"] = [{"target": tg.text(), "how": tg.how, "backbone": tg.backbone, "suite": tg.suite}
+                           for tg in targets]
     return [cost_sec, ttt_sec], headline
 
 
@@ -163,6 +178,7 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     step_sec, headline["step_accuracy"] = step_accuracy_section(acc_runs, mixed, out)
     if step_sec is not None:
         sections.append(step_sec)
+    top, headline["headline"] = headline_section(by_kind["train"], by_kind["eval"], headline, reference, mixed)
     run_rows = [_run_row(r) for r in loaded]
     sections.append(Section("Runs compared", [Table("runs", titled("Runs compared", mixed), pd.DataFrame(run_rows))]))
 
@@ -171,15 +187,17 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     commits = sorted({row["git_commit"] for row in run_rows})
     devices = sorted({f"{r.device[0]} x{r.device[1]} ({r.kind})" for r in loaded})
     here, dirty = records.git_info()
-    header = [f"Command: {command}", f"Date (UTC): {date}",
+    header = [f"Date (UTC): {date}",
               f"Git commit(s) of the runs: {', '.join(commits)}; report written by lpo-bench "
               f"{__version__} at {here}{'-dirty' if dirty else ''}",
               f"Device(s): {'; '.join(devices)}",
               f"Runs: {len(loaded)} ({', '.join(f'{k} {len(v)}' for k, v in by_kind.items() if v)})"]
 
-    for t in {b.name: b for s in sections for b in s.blocks if isinstance(b, Table)}.values():
+    for t in {b.name: b for s in [top, *sections] for b in s.blocks if isinstance(b, Table)}.values():
         records.atomic_write_bytes(out / f"{t.name}.csv", t.df.to_csv(index=False).encode())
-    md, page = render(sections, header, _how_to_read(loaded, reference, published), notes, out, mixed)
+    summary = f"Command: lpo-bench compare of {len(runs)} path{'s' * (len(runs) != 1)} ({len(command)} characters)"
+    md, page = render(sections, header, _how_to_read(loaded, reference, published), notes, out, mixed, top=top,
+                      command=(summary, command), lead=_lead(loaded))
     records.atomic_write_bytes(out / "report.md", md.encode())
     records.atomic_write_bytes(out / "report.html", page.encode())
     report = {"command": command, "date_utc": date, "git_commits": commits, "report_git_commit": here,

@@ -12,13 +12,13 @@ from lpo_bench.analysis.render import Section, Table, fmt_ci, published_table, s
 from lpo_bench.analysis.runs import Run, to_float
 
 
-def _eval_group_key(r: Run) -> tuple[str, str, str, str]:
+def eval_group_key(r: Run) -> tuple[str, str, str, str]:
     suite = r.info.get("suite")
     name = suite.get("name") if isinstance(suite, dict) else str(suite)
     return r.backbone_id, str(name), str(r.info.get("split", "")), str(r.info.get("inputs_sha256", ""))
 
 
-def _order(runs: list[Run]) -> list[Run]:
+def order_runs(runs: list[Run]) -> list[Run]:
     """Base model first, then by method, training seed and run id."""
     def key(r: Run) -> tuple[int, str, int, str]:
         method, _, seed = r.model()
@@ -27,14 +27,32 @@ def _order(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=key)
 
 
+def _matched(trained: Run, base: Run) -> tuple[Any, Any]:
+    """(trained per-sample scores, those matched with base images by prompt_id, image_idx and metric, with
+    ``score_base``); (None, None) when either run wrote no per-sample scores."""
+    a, b = trained.per_sample(), base.per_sample()
+    if a is None or b is None:
+        return None, None
+    keys = ["prompt_id", "image_idx", "metric"]
+    return a, a.merge(b[keys + ["score"]], on=keys, suffixes=("", "_base"))
+
+
+def prompt_diffs(trained: Run, base: Run, metric: str) -> Any:
+    """Trained minus base per prompt (all categories): the difference of per-prompt means of matched images,
+    a Series by prompt_id (sorted), computed as in :func:`paired_vs_base`; None without per-sample scores."""
+    _, m = _matched(trained, base)
+    if m is None:
+        return None
+    pp = m[m["metric"] == metric].groupby("prompt_id", sort=True)[["score", "score_base"]].mean()
+    return pp["score"] - pp["score_base"]
+
+
 def paired_vs_base(trained: Run, base: Run) -> list[dict[str, Any]]:
     """Trained minus base on matched images, per metric and category (+ "all"): per-prompt means, paired
     bootstrap over prompts; win rate over matched images."""
-    a, b = trained.per_sample(), base.per_sample()
-    if a is None or b is None:
+    a, m = _matched(trained, base)
+    if m is None:
         return []
-    keys = ["prompt_id", "image_idx", "metric"]
-    m = a.merge(b[keys + ["score"]], on=keys, suffixes=("", "_base"))
     out = []
     for metric, gm in m.groupby("metric", sort=False):
         unmatched = int((a["metric"] == metric).sum() - len(gm))
@@ -92,10 +110,10 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
     headline: list[dict[str, Any]] = []
     groups: dict[tuple[str, str, str, str], list[Run]] = {}
     for r in eval_runs:
-        groups.setdefault(_eval_group_key(r), []).append(r)
+        groups.setdefault(eval_group_key(r), []).append(r)
     proto = []
     for gi, ((bb_id, suite, split, inputs), runs) in enumerate(sorted(groups.items())):
-        runs = _order(runs)
+        runs = order_runs(runs)
         tag = f"{suite}_{gi}" if len(groups) > 1 else suite
         ev = pd.concat([r.rows("eval_metric").assign(_run=r.run_id) for r in runs], ignore_index=True)
         proto.append(_protocol(bb_id, suite, split, inputs, runs, ev))

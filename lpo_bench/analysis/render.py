@@ -11,6 +11,7 @@ import html
 import math
 import numbers
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,15 @@ class Figure:
 
 
 @dataclass
+class Answer:
+    question: str
+    text: str  # generated from the numbers, with its uncertainty
+
+
+@dataclass
 class Section:
     title: str
-    blocks: list[Any] = field(default_factory=list)  # str paragraphs, Table, Figure
+    blocks: list[Any] = field(default_factory=list)  # str paragraphs, Table, Figure, Answer
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -67,6 +74,11 @@ def fmt(v: Any) -> str:
 
 def fmt_ci(v: float, lo: float, hi: float) -> str:
     return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def fmt_signed_ci(v: float, lo: float, hi: float) -> str:
+    """A change with its CI: "+0.044 [0.028, 0.062]"."""
+    return ("+" if v > 0 else "") + fmt_ci(v, lo, hi)
 
 
 def fmt_range(med: float, lo: float, hi: float) -> str:
@@ -257,47 +269,71 @@ def _html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in d.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
                    for row in d.itertuples(index=False))
-    cls = ' class="published"' if t.name.startswith("published_") else ""
+    cls = ' class="tbl published"' if t.name.startswith("published_") else ' class="tbl"'
     note = f'<p class="note">{html.escape(t.note)}</p>' if t.note else ""
     return (f"<div{cls}><h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>{note}</div>")
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 7px;"
-        "text-align:left}th{background:#f2f2f2}.note{font-size:12px;color:#555}.published{border-left:4px solid "
-        "#c80;padding-left:8px;background:#fffaf0}.mixed{color:#fff;background:crimson;padding:6px;font-weight:bold}"
-        "img{max-width:100%}")
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}"
+        "h1{font-size:1.5em;margin:.3em 0}table{border-collapse:collapse;font-size:13px;margin:.5em 0}th,td{border:1px "
+        "solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}.note{font-size:12px;color:#555}.published"
+        "{border-left:4px solid #c80;padding-left:8px;background:#fffaf0}.mixed{color:#fff;background:crimson;"
+        "padding:6px;font-weight:bold}img{max-width:100%}.headline{border-left:4px solid #2a6;padding-left:10px}"
+        ".headline h2{margin:.2em 0}.headline h3{display:none}.answer{margin:.35em 0;font-size:14px}"
+        "details pre{white-space:pre-wrap;word-break:break-all;font-size:12px}.tbl{overflow-x:auto}")
 _MIXED_BANNER = f"{MIXED}: the compared runs were timed on different devices; GPU-hours are not comparable."
 
 
+def _blocks(s: Section, out: Path, md: list[str], hb: list[str]) -> None:
+    for b in s.blocks:
+        if isinstance(b, Table):
+            md += [_md_table(b), ""]
+            hb.append(_html_table(b))
+        elif isinstance(b, Figure):
+            md += [f"![{b.caption}]({b.file})", "", f"*{b.caption}*", ""]
+            data = base64.b64encode((out / b.file).read_bytes()).decode()
+            hb.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
+                      f'<figcaption class="note">{html.escape(b.caption)}</figcaption></figure>')
+        elif isinstance(b, Answer):
+            md += [f"- **{b.question}** {b.text}", ""]
+            hb.append(f'<p class="answer"><b>{html.escape(b.question)}</b> {html.escape(b.text)}</p>')
+        else:
+            md += [str(b), ""]
+            hb.append(f"<p>{html.escape(str(b))}</p>")
+
+
 def render(sections: list[Section], header: list[str], how: list[str], notes: list[str], out: Path,
-           mixed: bool) -> tuple[str, str]:
-    """(report.md, report.html); the HTML embeds every figure of ``out`` as a data URI."""
+           mixed: bool, *, top: Section | None = None, command: tuple[str, str] | None = None,
+           lead: Sequence[str] = ()) -> tuple[str, str]:
+    """(report.md, report.html): ``top`` (the headline) first, after the ``lead`` caveats; then provenance
+    (``header``, and ``command`` = (summary, text) in a collapsed block), how to read, the sections and the
+    notes. The HTML embeds every figure of ``out`` as a data URI."""
     md = ["# lpo-bench comparison report", ""]
     hb = ['<!DOCTYPE html><html><head><meta charset="utf-8"><title>lpo-bench comparison report</title>',
           f"<style>{_CSS}</style></head><body><h1>lpo-bench comparison report</h1>"]
     if mixed:
         md += [f"**{_MIXED_BANNER}**", ""]
         hb.append(f'<p class="mixed">{html.escape(_MIXED_BANNER)}</p>')
-    md += [f"- {h}" for h in header] + ["", "## How to read this", ""] + [f"- {h}" for h in how] + [""]
-    hb.append("<ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in header) + "</ul>")
+    md += [f"*{x}*" for x in lead] + ([""] if lead else [])
+    hb += [f'<p class="note"><b>{html.escape(x)}</b></p>' for x in lead]
+    if top is not None:
+        md += [f"## {top.title}", ""]
+        hb.append(f'<section class="headline"><h2>{html.escape(top.title)}</h2>')
+        _blocks(top, out, md, hb)
+        hb.append("</section>")
+    md += ["## Provenance", ""] + [f"- {h}" for h in header] + [""]
+    hb.append("<h2>Provenance</h2><ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in header) + "</ul>")
+    if command is not None:
+        summary, text = command
+        md += [f"<details><summary>{html.escape(summary)}</summary>", "", "```", text, "```", "", "</details>", ""]
+        hb.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+    md += ["## How to read this", ""] + [f"- {h}" for h in how] + [""]
     hb.append("<h2>How to read this</h2><ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in how) + "</ul>")
     for s in sections:
         md += [f"## {s.title}", ""]
         hb.append(f"<h2>{html.escape(s.title)}</h2>")
-        for b in s.blocks:
-            if isinstance(b, Table):
-                md += [_md_table(b), ""]
-                hb.append(_html_table(b))
-            elif isinstance(b, Figure):
-                md += [f"![{b.caption}]({b.file})", "", f"*{b.caption}*", ""]
-                data = base64.b64encode((out / b.file).read_bytes()).decode()
-                hb.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
-                          f'<figcaption class="note">{html.escape(b.caption)}</figcaption></figure>')
-            else:
-                md += [str(b), ""]
-                hb.append(f"<p>{html.escape(str(b))}</p>")
+        _blocks(s, out, md, hb)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
         hb.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")

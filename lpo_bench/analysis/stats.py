@@ -124,3 +124,15 @@ def geometric_mean(values: Sequence[float]) -> float:
     if x.size == 0:
         return math.nan
     return float(np.exp(np.log(x).mean()))
+
+
+def excludes(ci_low: float, ci_high: float, value: float = 0.0) -> bool:
+    """True when the interval [ci_low, ci_high] lies wholly on one side of ``value`` (nan: False)."""
+    return bool(ci_low > value or ci_high < value)
+
+
+def overlap(a_low: float, a_high: float, b_low: float, b_high: float) -> bool:
+    """True when two intervals (CIs, or min-max ranges over seeds) share a point; nan bounds: True (unknown)."""
+    if any(math.isnan(v) for v in (a_low, a_high, b_low, b_high)):
+        return True
+    return bool(a_low <= b_high and b_low <= a_high)

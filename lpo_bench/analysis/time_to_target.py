@@ -95,7 +95,8 @@ def _pick_category(curves: Any, metric: str, suite: str, category: str | None, *
     return cats[0]
 
 
-def _primary_metric(suite: str, present: list[str]) -> str:
+def primary_metric(suite: str, present: list[str]) -> str:
+    """The suite's primary metric: its first declared metric among ``present``, else the first recorded."""
     try:
         from lpo_bench.data.suites import get_suite
 
@@ -118,7 +119,7 @@ def resolve_targets(target: str | None, curves: Any) -> list[Target]:
         return [Target(metric, suite, _pick_category(curves, metric, suite, category), op, value)]
     out = []
     for (bb, suite), g in curves.groupby(["backbone", "suite"], sort=True):
-        metric = _primary_metric(suite, list(dict.fromkeys(g["metric"])))
+        metric = primary_metric(suite, list(dict.fromkeys(g["metric"])))
         cat = _pick_category(curves[curves["backbone"] == bb], metric, suite, None, strict=False)
         g = g[(g["metric"] == metric) & (g["category"] == cat)]
         hib = bool(g["higher_is_better"].iloc[0])

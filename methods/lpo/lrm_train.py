@@ -9,7 +9,6 @@ the official trainer samples ``latent_dist`` each time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,31 +20,9 @@ from lpo_bench.data.pairs import GAP_COLUMNS, PairSet, load_pairs
 from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
 from lpo_bench.errors import HarnessError
 from lpo_bench.methods.lpo.lrm import LatentRewardModel
+from lpo_bench.methods.lpo.lrm_config import LRMConfig
 from lpo_bench.methods.lpo.mpcf import mpcf_keep
 from lpo_bench.methods.stepwise.losses import pair_ce_loss, warmup_linear_decay
-
-
-@dataclass(frozen=True)
-class LRMConfig:
-    lr: float = field(default=1e-5, metadata={"help": "AdamW peak learning rate (official LRM-1.5 and LRM-XL)"})
-    weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay"})
-    warmup_updates: int = field(default=500, metadata={"help": "Linear warmup updates, then linear decay to 0"})
-    max_updates: int = field(default=4000, metadata={"help": "Optimiser updates (SD1.5 4k, SDXL 8k)"})
-    batch_pairs: int = field(default=128, metadata={"help": "Pairs per update (global batch)"})
-    grad_clip_norm: float = field(default=1.0, metadata={"help": "Max gradient norm (0 disables); really clips"})
-    guidance_scale_vfe: float = field(default=7.5, metadata={"help": "VFE guidance on the pooled mid feature; 1 = off"})
-    multi_scale: bool = field(default=True, metadata={"help": "Pool all down stages + mid (False: mid only)"})
-    largest_timestep: int = field(default=951, metadata={"help": "Top of the timestep grid {1, 51, ..., 951}"})
-    timestep_stride: int = field(default=50, metadata={"help": "Grid stride (official 50: 20 points)"})
-    mpcf_strategy: int = field(default=2, metadata={"help": "MPCF strategy 1-3 (2 = paper), 0 = no filtering"})
-    train_text_encoder: bool = field(default=True, metadata={"help": "Train the text encoder(s) too (official)"})
-    train_unet: bool = field(default=True, metadata={"help": "Train the UNet trunk (official); False: heads only"})
-    max_train_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs (None = all)"})
-    max_val_pairs: int = field(default=512, metadata={"help": "Validation pairs per timestep"})
-    encode_batch: int = field(default=64, metadata={"help": "VAE encode batch when caching latents"})
-
-    def grid(self) -> list[int]:
-        return list(range(1, self.largest_timestep + 1, self.timestep_stride))
 
 
 def lr_at(step: int, cfg: LRMConfig) -> float:

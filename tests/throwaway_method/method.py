@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from lpo_bench.config import Range
 from lpo_bench.data.pairs import load_pairs
 from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
 from lpo_bench.errors import HarnessError
@@ -19,11 +20,11 @@ from lpo_bench.models import lora
 
 @dataclass(frozen=True)
 class WinnerSFTConfig:
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    lora_rank: int = field(default=2, metadata={"help": "LoRA rank"})
-    pairs_per_update: int = field(default=4, metadata={"help": "Preferred images per update"})
-    max_updates: int = field(default=4, metadata={"help": "Optimiser updates"})
-    max_pairs: int | None = field(default=None, metadata={"help": "Use the first N pairs"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate", "valid": Range(gt=0)})
+    lora_rank: int = field(default=2, metadata={"help": "LoRA rank", "valid": Range(ge=1)})
+    pairs_per_update: int = field(default=4, metadata={"help": "Preferred images per update", "valid": Range(ge=1)})
+    max_updates: int = field(default=4, metadata={"help": "Optimiser updates", "valid": Range(ge=1)})
+    max_pairs: int | None = field(default=None, metadata={"help": "Use the first N pairs", "valid": Range(ge=1)})
 
 
 class WinnerSFT:
