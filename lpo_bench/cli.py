@@ -30,6 +30,14 @@ DATA_DIR = typer.Option(None, "--data-dir", help="Local directory with datasets/
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
 
 
+@app.callback()
+def _options(quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines")) -> None:
+    """Options of every command: progress is live bars on a terminal, a line per ~10 s otherwise."""
+    from lpo_bench import progress
+
+    progress.configure(quiet=quiet)
+
+
 def _allow_download(download: bool) -> None:
     if download:
         os.environ["LPO_BENCH_DOWNLOAD"] = "1"
@@ -75,7 +83,8 @@ def train(
     rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
     reward_model: Optional[Path] = typer.Option(
         None, "--reward-model", help="Use this trained step reward model instead of training one"),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy; toy default: the demo's)"),
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     download: bool = DOWNLOAD,
     data_dir: Optional[Path] = DATA_DIR,
@@ -108,7 +117,8 @@ def train_reward(
     seed: int = typer.Option(0, "--seed"),
     config: Optional[Path] = typer.Option(None, "--config"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help=_SET_HELP),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Preference pairs directory"),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="Preference pairs directory (toy default: the demo's, built once and cached)"),
     out_root: Optional[Path] = OUT_ROOT,
     overwrite: bool = OVERWRITE,
     resume: bool = RESUME,

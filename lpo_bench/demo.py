@@ -14,15 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import registry
+from lpo_bench import progress, registry
+from lpo_bench.toy.default_pairs import DEMO_PAIRS
 
 EVAL_SUITES = ("toy-general", "toy-compbench")
 STEP_ACC_METRICS = ("toy-oracle", "toy-clip")
 STEP_ACC_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
 QUICK_STEP_ACC_TIMESTEPS = (1, 501, 951)
-# 4 images per prompt: 6 pairs per prompt from as many images as 1024 prompts x 2 would take; more pairs per image
-# is what lifts the toy LRM (3k train pairs) and tightens the held-out accuracy CIs (~1.3k test, ~650 val pairs).
-DEMO_PAIRS = {"n_train": 512, "n_val": 128, "n_test": 256, "images_per_prompt": 4}
 QUICK_PAIRS = {"n_train": 24, "n_val": 8, "n_test": 8}
 
 
@@ -55,37 +53,43 @@ def run_demo(
     def stage(name: str, fn: Any) -> Any:
         s = time.perf_counter()
         log(f"== {name}")
+        overall.update(running=name)
         res = fn()
+        overall.advance(1, running=None)
         timings[name] = time.perf_counter() - s
         log(f"   {name}: {timings[name]:.0f} s")
         return res
 
     sizes = pairs_sizes or (QUICK_PAIRS if quick else DEMO_PAIRS)
     pairs_dir = Path(pairs) if pairs is not None else out_root / "pairs"
-    if pairs is None and (overwrite or not (pairs_dir / "pairs.json").exists()):
-        stage("toy pairs", lambda: make_pairs(pairs_dir, seed=0, overwrite=True, log=log, **sizes))
-    train_runs: list[Path] = []
-    reward_models: list[Path] = []
-    for spec in specs:
-        for s in seeds:
-            req = TrainRequest(method=spec.name, backbone="toy", seed=s, out_root=str(out_root),
-                               overrides=dict(spec.quick) if quick else {}, overwrite=overwrite,
-                               reward_stage_overrides=dict(spec.quick_reward_stage) if quick and spec.reward_stage
-                               else {}, pairs=str(pairs_dir), eval_suite="toy-general",
-                               eval_every_gpu_s=None if quick else 60.0, eval_prompts=8 if quick else 32)
-            run_dir = stage(f"train {spec.name} seed {s}", lambda r=req: train_run(r, log=log))
-            train_runs.append(run_dir)
-            if spec.reward_stage and s == seeds[0]:
-                reward_models.append(run_dir / spec.reward_stage)
-    models = ["base:toy"] + [str(r) for r in train_runs]
-    eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
-        m, su, split="test", max_prompts=eval_prompts or (8 if quick else 128), images_per_prompt=1 if quick else 2,
-        out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
-    acc_run = stage("step accuracy", lambda: step_accuracy_run(
-        pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),
-        timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else 256,
-        out_root=str(out_root), overwrite=overwrite))
-    report_dir = stage("compare", lambda: compare([*train_runs, *eval_runs, acc_run], Path(report), target=None))
+    make_pairs_now = pairs is None and (overwrite or not (pairs_dir / "pairs.json").exists())
+    n_train = len(specs) * len(seeds)
+    n_stages = int(make_pairs_now) + n_train + (1 + n_train) * len(EVAL_SUITES) + 2  # + step accuracy, compare
+    with progress.task("demo", total=n_stages, unit="stage") as overall:
+        if make_pairs_now:
+            stage("toy pairs", lambda: make_pairs(pairs_dir, seed=0, overwrite=True, log=log, **sizes))
+        train_runs: list[Path] = []
+        reward_models: list[Path] = []
+        for spec in specs:
+            for s in seeds:
+                req = TrainRequest(method=spec.name, backbone="toy", seed=s, out_root=str(out_root),
+                                   overrides=dict(spec.quick) if quick else {}, overwrite=overwrite,
+                                   reward_stage_overrides=dict(spec.quick_reward_stage) if quick and spec.reward_stage
+                                   else {}, pairs=str(pairs_dir), eval_suite="toy-general",
+                                   eval_every_gpu_s=None if quick else 60.0, eval_prompts=8 if quick else 32)
+                run_dir = stage(f"train {spec.name} seed {s}", lambda r=req: train_run(r, log=log))
+                train_runs.append(run_dir)
+                if spec.reward_stage and s == seeds[0]:
+                    reward_models.append(run_dir / spec.reward_stage)
+        models = ["base:toy"] + [str(r) for r in train_runs]
+        eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
+            m, su, split="test", max_prompts=eval_prompts or (8 if quick else 128), images_per_prompt=1 if quick else 2,
+            out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
+        acc_run = stage("step accuracy", lambda: step_accuracy_run(
+            pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),
+            timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else 256,
+            out_root=str(out_root), overwrite=overwrite))
+        report_dir = stage("compare", lambda: compare([*train_runs, *eval_runs, acc_run], Path(report), target=None))
     total = time.perf_counter() - t0
     log(f"demo finished in {total / 60:.1f} min; stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return report_dir

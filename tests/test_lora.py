@@ -9,6 +9,7 @@ import torch
 
 from lpo_bench.errors import HarnessError
 from lpo_bench.models.lora import (
+    DEFAULT_TARGETS,
     LORA_WEIGHT_NAME,
     add_lora,
     export_lora,
@@ -168,3 +169,45 @@ def test_bad_lora_requests_are_harness_errors():
             pass
     with pytest.raises(HarnessError, match="no LoRA adapter"):
         export_lora(b.unet, "unused")
+
+
+def test_exported_lora_metadata_is_sorted(tuned, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    f = export_lora(tuned[0].unet, tmp_path / "lora")
+    with safe_open(str(f), "pt") as fh:
+        meta = json.loads(fh.metadata()["lora_adapter_metadata"])
+    assert meta["unet.target_modules"] == sorted(DEFAULT_TARGETS)  # a set in peft: written in hash order before
+
+
+# Seeded weights on a small UNet, exported to argv[1]: only the process (its string hash seed) differs.
+_EXPORT_SCRIPT = """
+import sys
+import torch
+from diffusers import UNet2DConditionModel
+from lpo_bench.models.lora import add_lora, export_lora
+torch.manual_seed(0)
+unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, cross_attention_dim=8,
+                            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2, norm_num_groups=4)
+with torch.no_grad():
+    for p in add_lora(unet, rank=2):
+        p.add_(0.1)
+export_lora(unet, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_exports_of_the_same_weights_are_byte_identical_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    # hash seeds 1 and 2 iterate the target-module set in different orders (checked on the unsorted export)
+    procs = [subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT, str(tmp_path / s)],
+                              env={**os.environ, "PYTHONHASHSEED": s}, stderr=subprocess.PIPE) for s in ("1", "2")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    a, b = ((tmp_path / s / LORA_WEIGHT_NAME).read_bytes() for s in ("1", "2"))
+    assert a == b

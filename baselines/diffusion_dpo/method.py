@@ -235,6 +235,9 @@ class DiffusionDPO:
         logs.update(grad_norm=float(gnorm), lr=lr, epoch=self.epoch + self.pos / self.n_pairs)
         return logs
 
+    def total_updates(self) -> int:
+        return self.cfg.max_updates
+
     def is_done(self, step: int) -> bool:
         return step >= self.cfg.max_updates
 

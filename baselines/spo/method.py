@@ -79,6 +79,9 @@ class SPO(StepwiseMethod):
     def threshold(self, t: int) -> float:
         return self.cfg.threshold_spo
 
+    def threshold_settings(self) -> tuple[str, ...]:
+        return ("threshold_spo",)
+
     def beta(self) -> float:
         return self.cfg.beta_spo
 

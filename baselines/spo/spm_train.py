@@ -132,6 +132,9 @@ class SPMTrainer:
         return {"loss": loss_sum / w_sum, "acc": correct / max(decided, 1.0), "grad_norm": float(gnorm), "lr": lr,
                 "logit_scale": float(self.model.clip.logit_scale.detach().exp()), "clean": float(clean)}
 
+    def total_updates(self) -> int:
+        return self.cfg.clean_warmup_updates + self.cfg.max_updates
+
     def is_done(self, step: int) -> bool:
         return step >= self.cfg.clean_warmup_updates + self.cfg.max_updates
 

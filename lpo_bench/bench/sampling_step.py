@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lpo_bench import registry
+from lpo_bench import progress, registry
 from lpo_bench.bench.backbones import attention_report, is_full_size, meta_bundle
 from lpo_bench.bench.ratios import acceptance, reference_method, step_ratios, step_totals
 from lpo_bench.bench.timing import autocast, median, sync_fn, time_call
@@ -93,22 +93,27 @@ def _time_parts(parts: Iterator[Part], *, repeats: int, warmup: int, interleave:
     (a method's generator frees its models before the next method's are built)."""
     if not interleave:
         out = []
-        for owner, comp in parts:
-            log(f"[bench] sampling step: {owner or 'shared'} {comp.name} ...")
-            xs = time_call(wrap(comp.call), repeats=repeats, warmup=warmup, sync=sync)
-            log(f"[bench]   {comp.name}: {median(xs):.4f} s")
-            out.append((owner, comp, xs))
+        with progress.task("bench sampling step", unit="component") as bar:
+            for owner, comp in parts:
+                log(f"[bench] sampling step: {owner or 'shared'} {comp.name} ...")
+                xs = time_call(wrap(comp.call), repeats=repeats, warmup=warmup, sync=sync)
+                log(f"[bench]   {comp.name}: {median(xs):.4f} s")
+                out.append((owner, comp, xs))
+                bar.advance(1, last=comp.name)
         return out
     built = [(owner, comp, wrap(comp.call)) for owner, comp in parts]
-    for _ in range(warmup):
-        for _, _, run in built:
-            run()
     samples: list[list[float]] = [[] for _ in built]
-    for r in range(repeats):
-        for xs, (_, _, run) in zip(samples, built, strict=True):
-            xs += time_call(run, repeats=1, warmup=0, sync=sync)
-        log(f"[bench] sampling step round {r + 1}/{repeats}: "
-            + ", ".join(f"{c.name} {xs[-1]:.4f} s" for (_, c, _), xs in zip(built, samples, strict=True)))
+    with progress.task("bench sampling step", total=warmup + repeats, unit="round") as bar:
+        for _ in range(warmup):
+            for _, _, run in built:
+                run()
+            bar.advance(1, round="warm-up")
+        for r in range(repeats):
+            for xs, (_, _, run) in zip(samples, built, strict=True):
+                xs += time_call(run, repeats=1, warmup=0, sync=sync)
+            log(f"[bench] sampling step round {r + 1}/{repeats}: "
+                + ", ".join(f"{c.name} {xs[-1]:.4f} s" for (_, c, _), xs in zip(built, samples, strict=True)))
+            bar.advance(1, round="timed")
     return [(owner, comp, xs) for (owner, comp, _), xs in zip(built, samples, strict=True)]
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import registry
+from lpo_bench import progress, registry
 from lpo_bench.bench.backbones import build_bundle, is_full_size
 from lpo_bench.bench.sampling_step import BENCH_PROMPT
 from lpo_bench.bench.timing import NullLedger, SelfTimedLedger, autocast, median, sync_fn
@@ -158,25 +158,28 @@ def train_step_costs(
         def harness_ledger(i: int) -> SelfTimedLedger:
             return SelfTimedLedger(work / f"ledger-{i}.jsonl", sync=sync if device.startswith("cuda") else None)
 
-        log(f"[bench] {name}: warm-up ...")
-        for i in range(warmup):
-            cycle(harness_ledger(-1 - i))
-        harness_s, bare_s, self_s, phases, counts, logs = [], [], [], [], {}, []
-        for r in range(repeats):
-            for kind in ("harness", "bare") if r % 2 == 0 else ("bare", "harness"):  # cancels drift of machine load
-                if kind == "bare":
-                    if overhead:
-                        bare_s.append(cycle(NullLedger())[0])
-                    continue
-                ledger = harness_ledger(r)
-                s, logs = cycle(ledger)
-                harness_s.append(s)
-                self_s.append(ledger.self_s)
-                rows = _step_rows(work / f"ledger-{r}.jsonl")
-                phases.append(_sum_rows(rows, "seconds"))
-                counts = _sum_rows(rows, "counts")
-            log(f"[bench] {name}: repeat {r + 1}/{repeats}: harness {harness_s[-1]:.3f} s"
-                + (f", bare {bare_s[-1]:.3f} s" if bare_s else ""))
+        with progress.task(f"bench {name} train step", total=warmup + repeats, unit="repeat") as bar:
+            log(f"[bench] {name}: warm-up ...")
+            for i in range(warmup):
+                cycle(harness_ledger(-1 - i))
+                bar.advance(1, cycle="warm-up")
+            harness_s, bare_s, self_s, phases, counts, logs = [], [], [], [], {}, []
+            for r in range(repeats):
+                for kind in ("harness", "bare") if r % 2 == 0 else ("bare", "harness"):  # cancels drift of machine load
+                    if kind == "bare":
+                        if overhead:
+                            bare_s.append(cycle(NullLedger())[0])
+                        continue
+                    ledger = harness_ledger(r)
+                    s, logs = cycle(ledger)
+                    harness_s.append(s)
+                    self_s.append(ledger.self_s)
+                    rows = _step_rows(work / f"ledger-{r}.jsonl")
+                    phases.append(_sum_rows(rows, "seconds"))
+                    counts = _sum_rows(rows, "counts")
+                log(f"[bench] {name}: repeat {r + 1}/{repeats}: harness {harness_s[-1]:.3f} s"
+                    + (f", bare {bare_s[-1]:.3f} s" if bare_s else ""))
+                bar.advance(1, cycle="timed")
         cfg = method.cfg
     return _cycle_result(name, config_dict(cfg), logs, pairs_trained(logs, cfg), harness_s, phases, counts,
                          (bare_s, self_s) if overhead else None)

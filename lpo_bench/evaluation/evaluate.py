@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import records
+from lpo_bench import progress, records
 from lpo_bench.analysis import stats
 from lpo_bench.data.suites import PromptItem, Suite, get_suite
 from lpo_bench.errors import HarnessError
@@ -57,6 +57,7 @@ def evaluate_items(
 
     With ``image_dir`` every image is saved (and every category generated, even one whose metrics
     are unavailable, so it can be scored offline); without it only scorable categories are sampled.
+    Progress (images generated and scored) goes to a ``lpo_bench.progress`` bar; ``log`` is unused.
     """
     import numpy as np
 
@@ -82,28 +83,28 @@ def evaluate_items(
             for c in gen_cats:
                 (out_dir / c / "samples").mkdir(parents=True, exist_ok=True)
         sp = suite.sampler
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            prompts = [it.text for it, _ in chunk]
-            imgs = quantize_8bit(generate_images(
-                bundle, prompts, seeds[start : start + batch_size], num_inference_steps=sp.num_inference_steps,
-                guidance_scale=sp.guidance_scale, eta=sp.eta, batch_size=batch_size, unet=unet,
-            ))
-            u8 = to_uint8(imgs) if out_dir is not None or suite.kind == "toy" else None
-            if out_dir is not None:
-                save_images(out_dir, chunk, u8, images_per_prompt)
-            if suite.kind == "toy":
-                grid += [u8[j] for j, (_, k) in enumerate(chunk) if k == 0][: GRID_MAX_IMAGES - len(grid)]
-            for m, lm in metrics.inproc.items():
-                idx = [j for j, (it, _) in enumerate(chunk) if m in suite.metrics_for(it.category)]
-                if not idx:
-                    continue
-                scores = lm.scorer.score(imgs[idx], [prompts[j] for j in idx])
-                for j, s in zip(idx, scores.tolist(), strict=True):
-                    it, k = chunk[j]
-                    per_sample.append(_sample_row(it, k, seeds[start + j], m, s))
-            if log is not None:
-                log(f"[eval {suite.name}] {min(start + batch_size, len(jobs))}/{len(jobs)} images")
+        with progress.task(f"eval {suite.name}", total=len(jobs), unit="image") as bar:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start : start + batch_size]
+                prompts = [it.text for it, _ in chunk]
+                imgs = quantize_8bit(generate_images(
+                    bundle, prompts, seeds[start : start + batch_size], num_inference_steps=sp.num_inference_steps,
+                    guidance_scale=sp.guidance_scale, eta=sp.eta, batch_size=batch_size, unet=unet,
+                ))
+                u8 = to_uint8(imgs) if out_dir is not None or suite.kind == "toy" else None
+                if out_dir is not None:
+                    save_images(out_dir, chunk, u8, images_per_prompt)
+                if suite.kind == "toy":
+                    grid += [u8[j] for j, (_, k) in enumerate(chunk) if k == 0][: GRID_MAX_IMAGES - len(grid)]
+                for m, lm in metrics.inproc.items():
+                    idx = [j for j, (it, _) in enumerate(chunk) if m in suite.metrics_for(it.category)]
+                    if not idx:
+                        continue
+                    scores = lm.scorer.score(imgs[idx], [prompts[j] for j in idx])
+                    for j, s in zip(idx, scores.tolist(), strict=True):
+                        it, k = chunk[j]
+                        per_sample.append(_sample_row(it, k, seeds[start + j], m, s))
+                bar.advance(len(chunk))
         for m, scorer in metrics.external.items():
             for c in cats:
                 if m in suite.metrics_for(c) and out_dir is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import records, registry
+from lpo_bench import progress, records, registry
 from lpo_bench.analysis import stats
 from lpo_bench.errors import HarnessError
 
@@ -130,34 +130,37 @@ def score_pairs(
         raise HarnessError(f"timesteps {bad} are outside [0, {bundle.num_train_timesteps}); pick t on the training "
                            f"schedule, e.g. 1,251,501,751,951")
     rows: list[dict[str, Any]] = []
-    for s in range(0, n, batch_size):
-        sl = slice(s, min(n, s + batch_size))
-        ps, ids = list(prompts[sl]), pair_ids[sl]
-        z = {"w": encode_mean(bundle, images_w[sl]), "l": encode_mean(bundle, images_l[sl])}
-        for t in timesteps:
-            t_vec = torch.full((len(ps),), int(t), dtype=torch.long, device=bundle.device)
-            eps = pair_noise(ids, int(t), z["w"].shape[1:]).to(z["w"])
-            inputs: dict[str, dict[str, Any]] = {}
-            for side in ("w", "l"):
-                x_t = bundle.scheduler.add_noise(z[side], eps, t_vec)
-                inputs[side] = {"latent": x_t}
-                if any(v.needs == "xt_image" for v in views):
-                    inputs[side]["xt_image"] = _decode(bundle, x_t)
-                if any(v.needs == "x0_image" for v in views):
-                    x0 = x0_from_prompts(bundle, x_t, int(t), ps, guidance_scale)
-                    inputs[side]["x0_image"] = _decode(bundle, x0)
-            for view in views:
-                out = {}
+    n_batches = -(-n // batch_size)
+    with progress.task("step accuracy", total=n_batches * len(timesteps) * len(views), unit="t x view") as bar:
+        for s in range(0, n, batch_size):
+            sl = slice(s, min(n, s + batch_size))
+            ps, ids = list(prompts[sl]), pair_ids[sl]
+            z = {"w": encode_mean(bundle, images_w[sl]), "l": encode_mean(bundle, images_l[sl])}
+            for t in timesteps:
+                t_vec = torch.full((len(ps),), int(t), dtype=torch.long, device=bundle.device)
+                eps = pair_noise(ids, int(t), z["w"].shape[1:]).to(z["w"])
+                inputs: dict[str, dict[str, Any]] = {}
                 for side in ("w", "l"):
-                    x = inputs[side][view.needs]
-                    with torch.no_grad():
-                        out[side] = view.fn(x, t_vec, ps) if view.needs == "latent" else view.fn(x, ps)
-                    out[side] = torch.as_tensor(out[side]).detach().float().cpu().reshape(-1).tolist()
-                acc = stats.pairwise_accuracy(out["w"], out["l"])
-                for j in range(len(ps)):
-                    rows.append({"pair_id": ids[j], "prompt": ps[j], "timestep": int(t), "reward_model": view.name,
-                                 "input_mode": view.input_mode, "s_w": out["w"][j], "s_l": out["l"][j],
-                                 "acc": float(acc[j])})
+                    x_t = bundle.scheduler.add_noise(z[side], eps, t_vec)
+                    inputs[side] = {"latent": x_t}
+                    if any(v.needs == "xt_image" for v in views):
+                        inputs[side]["xt_image"] = _decode(bundle, x_t)
+                    if any(v.needs == "x0_image" for v in views):
+                        x0 = x0_from_prompts(bundle, x_t, int(t), ps, guidance_scale)
+                        inputs[side]["x0_image"] = _decode(bundle, x0)
+                for view in views:
+                    out = {}
+                    for side in ("w", "l"):
+                        x = inputs[side][view.needs]
+                        with torch.no_grad():
+                            out[side] = view.fn(x, t_vec, ps) if view.needs == "latent" else view.fn(x, ps)
+                        out[side] = torch.as_tensor(out[side]).detach().float().cpu().reshape(-1).tolist()
+                    acc = stats.pairwise_accuracy(out["w"], out["l"])
+                    for j in range(len(ps)):
+                        rows.append({"pair_id": ids[j], "prompt": ps[j], "timestep": int(t), "reward_model": view.name,
+                                     "input_mode": view.input_mode, "s_w": out["w"][j], "s_l": out["l"][j],
+                                     "acc": float(acc[j])})
+                    bar.advance(1, t=int(t))
     return rows
 
 

@@ -4,7 +4,9 @@
 inside ``ledger.step`` (unclaimed time is UPDATE), a reward-model update inside ``ledger.phase(RM_TRAIN)``.
 After each update it checks the loss is finite, appends the logs to a JSONL train log (CHECKPOINT time: off
 the headline clock), checkpoints every N updates, evaluates on a GPU-second cadence, and stops at a budget of
-counted GPU-hours. Checkpoints hold tensors and plain values only and load with ``weights_only=True``, so a
+counted GPU-hours. Progress (updates, rate, pairs/s when the logs carry ``pairs``, latest loss) goes to a
+``lpo_bench.progress`` bar; its total is ``trainable.total_updates()`` when the trainable has that optional
+method, else unknown. Checkpoints hold tensors and plain values only and load with ``weights_only=True``, so a
 checkpoint copied from elsewhere cannot execute code.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import records
+from lpo_bench import progress, records
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.dist import rng_state, set_rng_state
 from lpo_bench.ledger import COUNTED, Ledger, Phase
@@ -86,7 +88,6 @@ class LoopSettings:
     checkpoint_every_updates: int | None = None  # None: no periodic checkpoints
     budget_gpu_h: float | None = None  # counted GPU-hours
     stop_after_updates: int | None = None  # simulate an interruption (tests)
-    log_every_updates: int = 50
     train_log: Path | None = None
     eval_every_gpu_s: float | None = None
 
@@ -111,14 +112,33 @@ def run_loop(trainable: Any, ledger: Ledger, settings: LoopSettings, *, start_st
              write_logs: bool = True, log: Callable[[str], None] = print) -> LoopResult:
     """Train until done, budget or interruption (see module docstring)."""
     s = settings
-    step = start_step
+    total = getattr(trainable, "total_updates", None)
+    with progress.task(s.label, total=total() if callable(total) else None, unit="update", completed=start_step,
+                       quiet=not write_logs) as bar:
+        result, logs = _updates(trainable, ledger, s, bar, start_step, checkpointer, evaluate, write_logs, log)
+    if logs:  # the summary line: the last update's logs
+        state = "stopped" if result.interrupted or result.budget_reached else "finished"
+        log(f"[{s.label}] {state} at update {result.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+    return result
+
+
+def _show(bar: progress.Bar, logs: dict[str, float]) -> None:
+    bar.advance(1, loss=float(logs["loss"]) if "loss" in logs else None,
+                rates={"pairs": float(logs["pairs"])} if "pairs" in logs else None)
+
+
+def _updates(trainable: Any, ledger: Ledger, s: LoopSettings, bar: progress.Bar, step: int,
+             checkpointer: Checkpointer | None, evaluate: Callable[[int], None] | None, write_logs: bool,
+             log: Callable[[str], None]) -> tuple[LoopResult, dict[str, float]]:
+    """The updates of :func:`run_loop`; returns the result and the last update's logs."""
+    logs: dict[str, float] = {}
     next_eval_s = None
     if evaluate is not None and s.eval_every_gpu_s:
         next_eval_s = (int(ledger.counted_s() // s.eval_every_gpu_s) + 1) * float(s.eval_every_gpu_s)
     while not trainable.is_done(step):
         if s.budget_gpu_h is not None and ledger.gpu_h(COUNTED) >= s.budget_gpu_h:
             log(f"[{s.label}] budget of {s.budget_gpu_h} GPU-h reached at update {step}")
-            return LoopResult(step, False, True)
+            return LoopResult(step, False, True), logs
         if s.phase is None:
             with ledger.step(step):
                 logs = trainable.train_step(step)
@@ -132,8 +152,9 @@ def run_loop(trainable: Any, ledger: Ledger, settings: LoopSettings, *, start_st
                 if write_logs:
                     with open(s.train_log, "a") as fh:
                         fh.write(json.dumps({"step": step, "gpu_h": ledger.gpu_h(COUNTED), **logs}) + "\n")
-        if s.log_every_updates and step % s.log_every_updates == 0:
-            log(f"[{s.label}] update {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+                _show(bar, logs)  # progress output is record keeping too: off the clock, on the ledger
+        else:
+            _show(bar, logs)
         if checkpointer is not None and s.checkpoint_every_updates and step % s.checkpoint_every_updates == 0:
             with ledger.phase(Phase.CHECKPOINT):
                 checkpointer.save(step, trainable, ledger)
@@ -142,5 +163,5 @@ def run_loop(trainable: Any, ledger: Ledger, settings: LoopSettings, *, start_st
                 evaluate(step)
             next_eval_s += float(s.eval_every_gpu_s or 0)
         if s.stop_after_updates is not None and step >= s.stop_after_updates:
-            return LoopResult(step, not trainable.is_done(step), False)
-    return LoopResult(step, False, False)
+            return LoopResult(step, not trainable.is_done(step), False), logs
+    return LoopResult(step, False, False), logs

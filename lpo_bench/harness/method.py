@@ -97,7 +97,11 @@ class Method(Trainable, Protocol):
     """``setup`` builds optimiser, reference and data (PREP for preprocessing); ``train_step`` is exactly one
     optimiser update wrapped in SAMPLE / SCORE / UPDATE phases; ``state_dict`` holds tensors, numbers, strings
     and containers only (checkpoints load with ``weights_only=True``); ``policy_unet`` is the denoiser to sample
-    from for evaluation; ``export`` writes the trained weights (a diffusers LoRA or a full UNet)."""
+    from for evaluation; ``export`` writes the trained weights (a diffusers LoRA or a full UNet).
+
+    Optional: ``pending_updates`` (updates the method can still run on data it already sampled; ``bench`` times one
+    sampling round and the updates it feeds) and ``total_updates()`` (None when unknown in advance; progress bars
+    use it for their ETA)."""
 
     version: ClassVar[str]
 

@@ -8,11 +8,12 @@ is written to ``<run>/model``; pass that directory to ``train --reward-model``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpo_bench import registry
+from lpo_bench import records, registry
 from lpo_bench.config import config_dict
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness import reward_stage
@@ -23,6 +24,7 @@ from lpo_bench.harness.method import RunInputs, TrainContext
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import Phase, check_identity
+from lpo_bench.toy.default_pairs import default_toy_pairs
 
 
 @dataclass(kw_only=True)
@@ -34,17 +36,19 @@ class RewardRequest(RunRequest):
 
 
 def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = time.perf_counter,
-                     log: Any = print) -> Path:
-    """Train step reward model ``req.kind`` on ``req.pairs``; returns the run directory."""
+                     log: Any = print, default_pairs: Callable[..., Path] = default_toy_pairs) -> Path:
+    """Train step reward model ``req.kind`` on ``req.pairs``; returns the run directory. On the toy backbone
+    without ``--pairs``: on ``default_pairs(runs_root, log=log)``, the demo's pairs (built the first time)."""
     from lpo_bench.models.load import load_bundle
 
     stage = registry.reward_model_spec(registry.check_name("step-reward-model", req.kind))
     registry.check_name("backbone", req.backbone)
     cfg = reward_stage.stage_config(stage, req.backbone, config_file=req.config_file, overrides=req.overrides)
-    if not req.pairs:
+    if not req.pairs and req.backbone != "toy":
         raise HarnessError("--pairs is required: a toy pairs directory (`lpo-bench toy make-pairs`) or a local "
                            "Pick-a-Pic copy")
-    inputs = RunInputs(pairs=Path(req.pairs), pairs_sha256=data_manifest_sha256(req.pairs))
+    pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
+    inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs))
     identity = {"kind": "reward", "reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
                 "config": config_dict(cfg), "inputs": inputs.identity()}
     device = pick_device(req.device)

@@ -11,6 +11,7 @@ At the end the ledger identity (phases + paused = wall within 1%) is checked and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
+from lpo_bench.toy.default_pairs import default_toy_pairs
 
 
 @dataclass(kw_only=True)
@@ -66,8 +68,10 @@ class _Plan:
     identity: dict[str, Any]
 
 
-def plan_run(req: TrainRequest, prompts: PromptSource) -> _Plan:
-    """Validate the request and build the run identity; loads no model."""
+def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
+             default_pairs: Callable[..., Path] = default_toy_pairs) -> _Plan:
+    """Validate the request and build the run identity; loads no model. A toy run that needs pairs and has no
+    ``--pairs`` reads ``default_pairs(runs_root, log=log)``: the demo's pairs, built the first time (minutes)."""
     spec = registry.method_spec(registry.check_name("method", req.method))
     registry.check_name("backbone", req.backbone)
     if req.eval_suite:
@@ -81,15 +85,17 @@ def plan_run(req: TrainRequest, prompts: PromptSource) -> _Plan:
         raise HarnessError("--rm-set configures a reward-model stage that this run does not train; drop it")
     stage_cfg = reward_stage.stage_config(stage, req.backbone, overrides=req.reward_stage_overrides) if train_stage else None
     needs = set(spec.inputs) | (set(stage.inputs) if train_stage else set())
-    if "pairs" in needs and not req.pairs:
+    if "pairs" in needs and not req.pairs and req.backbone != "toy":
         what = spec.name if "pairs" in spec.inputs else f"{spec.name}'s reward-model stage ({stage.name})"
         raise HarnessError(f"{what} needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                            f"make-pairs`, or a local Pick-a-Pic copy)"
                            + (f", or a trained {stage.name} with --reward-model DIR" if train_stage else ""))
-    pairs = Path(req.pairs) if req.pairs and "pairs" in needs else None
     rm = Path(req.reward_model) if req.reward_model else None
     if rm is not None:
         reward_stage.check_reward_model_dir(stage, rm)
+    pairs = None
+    if "pairs" in needs:  # last, after every check: building the default toy pairs takes minutes
+        pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
     inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs) if pairs else None,
                        reward_model=rm, reward_model_sha256=dir_sha256(rm) if rm else None,
                        reward_stage_overrides=dict(req.reward_stage_overrides))
@@ -115,7 +121,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
     from lpo_bench.models.load import load_bundle
 
     prompts = prompts or BackbonePrompts(req.backbone, Path(req.data_dir) if req.data_dir else None)
-    plan = plan_run(req, prompts)
+    plan = plan_run(req, prompts, log=log)
     device = pick_device(req.device)
     dist = make_dist(device)
     with RunRecorder("train", f"{plan.spec.name}-{req.backbone}", plan.identity, out_root=req.out_root,

@@ -122,9 +122,19 @@ def export_lora(unet: Any, out_dir: str | Path, adapter_name: str = "default") -
         unet_lora_layers=state,
         weight_name=LORA_WEIGHT_NAME,
         safe_serialization=True,
-        unet_lora_adapter_metadata=unet.peft_config[adapter_name].to_dict(),
+        unet_lora_adapter_metadata=_sorted_sets(unet.peft_config[adapter_name].to_dict()),
     )
     return out / LORA_WEIGHT_NAME
+
+
+def _sorted_sets(value: Any) -> Any:
+    """``value`` with every set a sorted list: diffusers writes a set (``target_modules``) in iteration order,
+    which string hash randomisation changes per process, so two identical exports would differ in bytes."""
+    if isinstance(value, dict):
+        return {k: _sorted_sets(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return value
 
 
 @torch.no_grad()

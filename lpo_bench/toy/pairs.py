@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lpo_bench import records
+from lpo_bench import progress, records
 from lpo_bench.errors import HarnessError
 
 GUIDANCE_CHOICES = (3.0, 5.0, 7.5)
@@ -62,51 +62,54 @@ def make_pairs(
     rng = np.random.default_rng(seed)
     meta = {"version": PAIRS_VERSION, "seed": seed, "backbone": bundle.provenance, "counts": {},
             "oracle": {"temperature": oracle.DEFAULT_TEMPERATURE, "tie_margin": oracle.DEFAULT_TIE_MARGIN}}
-    for split_i, split in enumerate(("train", "val", "test")):
-        prompts = splits[split][: sizes[split]]
-        if len(prompts) < sizes[split]:
-            raise HarnessError(f"the toy {split} split has {len(prompts)} prompts, fewer than the {sizes[split]} asked")
-        n = len(prompts)
-        k_img = max(2, int(images_per_prompt))
-        imgs = []
-        for j in range(k_img):
-            gs = rng.choice(GUIDANCE_CHOICES, size=n)
-            seeds = [sample_seed(seed * 10 + split_i, i, j) for i in range(n)]
-            # one call per guidance value keeps batches homogeneous; per-image seeds keep images independent of it
-            arr = torch.empty(n, 3, bundle.resolution, bundle.resolution)
-            for g in GUIDANCE_CHOICES:
-                idx = np.nonzero(gs == g)[0]
-                if len(idx):
-                    arr[idx] = generate_images(bundle, [prompts[i] for i in idx], [seeds[i] for i in idx],
-                                               num_inference_steps=num_inference_steps, guidance_scale=float(g),
-                                               batch_size=batch_size)
-            imgs.append(arr.permute(0, 2, 3, 1).numpy())
-        specs = [world.parse_prompt(p) for p in prompts]
-        rewards = [oracle.oracle_reward(im, specs) for im in imgs]
-        scores = [{"aesthetic": metrics.aesthetic_score(im, specs), "clipscore": metrics.clip_like_score(im, specs),
-                   "vqascore": metrics.vqa_score(im, specs)} for im in imgs]
-        combos = [(a, b) for a in range(k_img) for b in range(a + 1, k_img)]
-        pngs = [[encode_png(x) for x in im] for im in imgs]
-        parts = []
-        for a, b in combos:
-            label_0 = oracle.label_pairs(rewards[a], rewards[b], rng)
-            parts.append(pd.DataFrame({
-                "caption": prompts,
-                "jpg_0": pngs[a],
-                "jpg_1": pngs[b],
-                "label_0": label_0.astype(np.float64),
-                "label_1": 1.0 - label_0.astype(np.float64),
-                "num_example_per_prompt": np.full(n, len(combos), dtype=np.int64),
-                **gap_columns(scores[a], scores[b], label_0),
-                "reward_0": rewards[a], "reward_1": rewards[b],
-                "family": [sp.family for sp in specs],
-            }))
-        df = pd.concat(parts, ignore_index=True)
-        label_all = df["label_0"].to_numpy()
-        records.atomic_write_parquet(out / f"{split}.parquet", df)
-        meta["counts"][split] = {"prompts": n, "images_per_prompt": k_img, "pairs": len(df),
-                                 "ties": int((label_all == 0.5).sum()), "mean_reward": float(np.mean(rewards))}
-        log(f"[toy pairs] {split}: {len(df)} pairs from {n} prompts, {meta['counts'][split]['ties']} ties")
+    k_img = max(2, int(images_per_prompt))
+    with progress.task("toy pairs", total=k_img * sum(sizes.values()), unit="image") as bar:
+        for split_i, split in enumerate(("train", "val", "test")):
+            prompts = splits[split][: sizes[split]]
+            if len(prompts) < sizes[split]:
+                raise HarnessError(f"the toy {split} split has {len(prompts)} prompts, fewer than the {sizes[split]} asked")
+            n = len(prompts)
+            imgs = []
+            for j in range(k_img):
+                gs = rng.choice(GUIDANCE_CHOICES, size=n)
+                seeds = [sample_seed(seed * 10 + split_i, i, j) for i in range(n)]
+                # one call per guidance value keeps batches homogeneous; per-image seeds keep images independent of it
+                arr = torch.empty(n, 3, bundle.resolution, bundle.resolution)
+                for g in GUIDANCE_CHOICES:
+                    idx = np.nonzero(gs == g)[0]
+                    for c in range(0, len(idx), batch_size):  # the batches generate_images would make, one a call
+                        sub = idx[c : c + batch_size]
+                        arr[sub] = generate_images(bundle, [prompts[i] for i in sub], [seeds[i] for i in sub],
+                                                   num_inference_steps=num_inference_steps, guidance_scale=float(g),
+                                                   batch_size=batch_size)
+                        bar.advance(len(sub), split=split)
+                imgs.append(arr.permute(0, 2, 3, 1).numpy())
+            specs = [world.parse_prompt(p) for p in prompts]
+            rewards = [oracle.oracle_reward(im, specs) for im in imgs]
+            scores = [{"aesthetic": metrics.aesthetic_score(im, specs), "clipscore": metrics.clip_like_score(im, specs),
+                       "vqascore": metrics.vqa_score(im, specs)} for im in imgs]
+            combos = [(a, b) for a in range(k_img) for b in range(a + 1, k_img)]
+            pngs = [[encode_png(x) for x in im] for im in imgs]
+            parts = []
+            for a, b in combos:
+                label_0 = oracle.label_pairs(rewards[a], rewards[b], rng)
+                parts.append(pd.DataFrame({
+                    "caption": prompts,
+                    "jpg_0": pngs[a],
+                    "jpg_1": pngs[b],
+                    "label_0": label_0.astype(np.float64),
+                    "label_1": 1.0 - label_0.astype(np.float64),
+                    "num_example_per_prompt": np.full(n, len(combos), dtype=np.int64),
+                    **gap_columns(scores[a], scores[b], label_0),
+                    "reward_0": rewards[a], "reward_1": rewards[b],
+                    "family": [sp.family for sp in specs],
+                }))
+            df = pd.concat(parts, ignore_index=True)
+            label_all = df["label_0"].to_numpy()
+            records.atomic_write_parquet(out / f"{split}.parquet", df)
+            meta["counts"][split] = {"prompts": n, "images_per_prompt": k_img, "pairs": len(df),
+                                     "ties": int((label_all == 0.5).sum()), "mean_reward": float(np.mean(rewards))}
+            log(f"[toy pairs] {split}: {len(df)} pairs from {n} prompts, {meta['counts'][split]['ties']} ties")
     records.atomic_write_json(out / "pairs.json", meta)
     (out / "README.txt").write_text(__doc__ or "")
     return out

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lpo_bench import progress
 from lpo_bench.toy import world
 from lpo_bench.toy.models import (
     TOY_MODEL_VERSION,
@@ -73,10 +74,12 @@ def _make_pool(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
     """n training pairs plus their mirror images -> (2n texts, images [2n,3,32,32] in [-1,1])."""
     rng = _rng(seed, "pool")
     texts, imgs = [], []
-    for start in range(0, n, 512):
-        t, im = world.sample_training_batch(rng, min(512, n - start), defect_prob=DEFECT_PROB)
-        texts += t
-        imgs.append(torch.from_numpy(im).permute(0, 3, 1, 2))
+    with progress.task("toy pretrain: render", total=n, unit="image") as bar:
+        for start in range(0, n, 512):
+            t, im = world.sample_training_batch(rng, min(512, n - start), defect_prob=DEFECT_PROB)
+            texts += t
+            imgs.append(torch.from_numpy(im).permute(0, 3, 1, 2))
+            bar.advance(len(t))
     x = torch.cat(imgs) * 2 - 1
     return texts + [flip_prompt(t) for t in texts], torch.cat([x, x.flip(-1)])
 
@@ -116,21 +119,23 @@ def _train_vae(
     opt = torch.optim.AdamW(vae.parameters(), lr=LR_VAE, weight_decay=0.0, foreach=True)
     vae.train()
     rec = kl = float("nan")
-    for step, idx in enumerate(_batches(len(images), batch_size, steps, _gen(seed, "vae-order"))):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, LR_VAE)
-        x = images[idx]
-        dist = vae.encode(x).latent_dist
-        recon = vae.decode(dist.sample(generator=gen_post)).sample
-        rec_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        kl_loss = dist.kl().mean()
-        loss = rec_loss + KL_WEIGHT * kl_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rec, kl = rec_loss.item(), kl_loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"vae step {step}/{steps} rec {rec:.4f} kl {kl:.1f}")
+    with progress.task("toy pretrain: vae", total=steps, unit="step") as bar:
+        for step, idx in enumerate(_batches(len(images), batch_size, steps, _gen(seed, "vae-order"))):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, steps, LR_VAE)
+            x = images[idx]
+            dist = vae.encode(x).latent_dist
+            recon = vae.decode(dist.sample(generator=gen_post)).sample
+            rec_loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+            kl_loss = dist.kl().mean()
+            loss = rec_loss + KL_WEIGHT * kl_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rec, kl = rec_loss.item(), kl_loss.item()
+            bar.advance(1, rec=rec, kl=kl)
+            if step == steps - 1:
+                log(f"vae step {step}/{steps} rec {rec:.4f} kl {kl:.1f}")
     vae.eval()
     return {"vae_rec_loss": rec, "vae_kl": kl}
 
@@ -166,32 +171,34 @@ def _train_unet(
     alphas = scheduler.alphas_cumprod.float()
     smoothed = last = float("nan")
     t_loop = time.time()
-    for step, idx in enumerate(_batches(len(texts), batch_size, steps, _gen(seed, "unet-order"))):
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, LR_UNET)
-        drop = torch.rand(len(idx), generator=g_drop) < CAPTION_DROPOUT
-        ids = torch.where(drop[:, None], ids_empty, ids_all[idx])
-        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g_post)) * scale
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=g_t)
-        eps = torch.randn(z0.shape, generator=g_noise)
-        a = alphas[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        hidden = text_encoder(ids).last_hidden_state
-        err = (unet(zt, t, encoder_hidden_states=hidden).sample - eps).pow(2).mean(dim=(1, 2, 3))
-        loss = (min_snr_weights(alphas[t], MIN_SNR_GAMMA) * err).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        last = loss.item()
-        smoothed = last if step == 0 else 0.98 * smoothed + 0.02 * last
-        if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {last:.4f} (smoothed {smoothed:.4f})")
-        if step == 50:
-            t_start, minutes = budget
-            eta_s = (time.time() - t_start) + (time.time() - t_loop) / 51 * (steps - 51)
-            if eta_s > minutes * 60:
-                log(f"warning: at this pace pretraining takes ~{eta_s / 60:.0f} min, over the {minutes} min budget")
+    with progress.task("toy pretrain: unet", total=steps, unit="step") as bar:
+        for step, idx in enumerate(_batches(len(texts), batch_size, steps, _gen(seed, "unet-order"))):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, steps, LR_UNET)
+            drop = torch.rand(len(idx), generator=g_drop) < CAPTION_DROPOUT
+            ids = torch.where(drop[:, None], ids_empty, ids_all[idx])
+            z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g_post)) * scale
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=g_t)
+            eps = torch.randn(z0.shape, generator=g_noise)
+            a = alphas[t].view(-1, 1, 1, 1)
+            zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+            hidden = text_encoder(ids).last_hidden_state
+            err = (unet(zt, t, encoder_hidden_states=hidden).sample - eps).pow(2).mean(dim=(1, 2, 3))
+            loss = (min_snr_weights(alphas[t], MIN_SNR_GAMMA) * err).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            last = loss.item()
+            smoothed = last if step == 0 else 0.98 * smoothed + 0.02 * last
+            bar.advance(1, loss=last, smoothed=smoothed)
+            if step == steps - 1:
+                log(f"unet step {step}/{steps} loss {last:.4f} (smoothed {smoothed:.4f})")
+            if step == 50:
+                t_start, minutes = budget
+                eta_s = (time.time() - t_start) + (time.time() - t_loop) / 51 * (steps - 51)
+                if eta_s > minutes * 60:
+                    log(f"warning: at this pace pretraining takes ~{eta_s / 60:.0f} min, over the {minutes} min budget")
     unet.eval()
     text_encoder.eval()
     return {"unet_loss_last": last, "unet_loss_smoothed": smoothed}

@@ -117,6 +117,9 @@ class LRMTrainer:
         return {"loss": loss.item(), "acc": acc.item(), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
                 "logit_scale": self.model.logit_scale.exp().item()}
 
+    def total_updates(self) -> int:
+        return self.cfg.max_updates
+
     def is_done(self, step: int) -> bool:
         return step >= self.cfg.max_updates
 

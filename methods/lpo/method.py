@@ -73,6 +73,9 @@ class LPO(StepwiseMethod):
         return ddim.dynamic_threshold(t, self.sched, c.num_inference_steps, c.threshold_min, c.threshold_max,
                                        c.threshold_shape)
 
+    def threshold_settings(self) -> tuple[str, ...]:
+        return ("threshold_max",) if self.cfg.threshold_shape == "constant" else ("threshold_min", "threshold_max")
+
     def scorer(self, ids: list[int]) -> sampler.StepScorer:
         text_rows = torch.tensor(ids)
 

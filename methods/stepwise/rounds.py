@@ -7,15 +7,21 @@ the next round is sampled. Each update is the clipped step-DPO loss (``losses.st
 reference step log-probabilities, accumulated over micro-batches, gradients summed over ranks and divided by
 the global pair count (so an update is the same whatever the number of processes), one AdamW step.
 
-A method subclasses :class:`StepwiseMethod` and supplies only its reward side (``scorer``, ``threshold``) and
-its ``beta``; the state kept here is exactly what a checkpoint needs to resume bit-identically. The subclass's
-``setup`` sets ``ctx``, ``cfg`` (a ``StepwiseConfig``), ``prompts``, ``cond`` (one row per prompt), ``uncond1``,
-``settings``, ``params`` and ``opt``, then calls :meth:`StepwiseMethod.init_rounds`.
+A round whose pairs feed no update samples the next one; ``max_rounds_without_pairs`` such rounds in a row stop
+the run with a :class:`HarnessError` that reports the gaps against the threshold (otherwise a threshold no gap can
+pass samples silently until the prompt epochs run out).
+
+A method subclasses :class:`StepwiseMethod` and supplies only its reward side (``scorer``, ``threshold``,
+``threshold_settings``) and its ``beta``; the state kept here is exactly what a checkpoint needs to resume
+bit-identically. The subclass's ``setup`` sets ``ctx``, ``cfg`` (a ``StepwiseConfig``), ``prompts``, ``cond``
+(one row per prompt), ``uncond1``, ``settings``, ``params`` and ``opt``, then calls
+:meth:`StepwiseMethod.init_rounds`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +52,10 @@ class StepwiseMethod:
 
     def threshold(self, t: int) -> float:
         """Minimum best-minus-worst score gap at timestep t for the step to yield a pair."""
+        raise NotImplementedError
+
+    def threshold_settings(self) -> tuple[str, ...]:
+        """The config keys that set ``threshold`` (named in the error of a run that forms no pair)."""
         raise NotImplementedError
 
     def beta(self) -> float:
@@ -109,6 +119,8 @@ class StepwiseMethod:
         self.buffer_pos = 0
         self.updates_left = 0  # updates still to run on the current round's pairs (equal on every rank)
         self.rounds = 0
+        self.rounds_without_pairs = 0  # consecutive rounds that fed no update, and their gaps
+        self.gaps = sampler.GapStats()
         self.last_round_logs: dict[str, float] = {}
 
     def _next_prompt_ids(self) -> list[int]:
@@ -128,7 +140,7 @@ class StepwiseMethod:
             pairs, logs = sampler.sample_step_pairs(
                 ctx.bundle, ctx.bundle.unet, self.cond.index(ids), self.uncond1.repeat(len(ids)),
                 settings=self.settings, scorer=self.scorer(ids), threshold=self.threshold,
-                generator=self.gen_sample, ledger=ctx.ledger)
+                generator=self.gen_sample, ledger=ctx.ledger, gaps=self.gaps)
             if len(pairs):
                 pairs.prompt_idx = torch.tensor(ids, dtype=torch.long)[pairs.prompt_idx]
         self.last_round_logs = logs
@@ -147,6 +159,7 @@ class StepwiseMethod:
             (self.buffer, max_share), self.buffer_pos = self._sample_round(), 0
             self.updates_left = math.ceil(max_share / self.cfg.train_batch_pairs)
             logs.update(self.last_round_logs)
+            self._count_empty_round()
         assert self.buffer is not None
         n = self.cfg.train_batch_pairs
         batch = self.buffer.index(torch.arange(self.buffer_pos, min(self.buffer_pos + n, len(self.buffer))))
@@ -156,10 +169,38 @@ class StepwiseMethod:
             logs.update(self._update(batch))
         return logs
 
+    def _count_empty_round(self) -> None:
+        """Reset on a round that feeds updates; stop after ``max_rounds_without_pairs`` in a row that feed none."""
+        if self.updates_left:
+            self.rounds_without_pairs, self.gaps = 0, sampler.GapStats()
+            return
+        self.rounds_without_pairs += 1
+        if self.rounds_without_pairs >= self.cfg.max_rounds_without_pairs:
+            raise HarnessError(self._no_pairs_message())
+
+    def _no_pairs_message(self) -> str:
+        n, g, cfg = self.rounds_without_pairs, self.gaps, self.cfg
+        head = f"[{self.name}] no training pair in the last {n} sampling rounds"
+        if not g.scored:  # no step was branched: nothing to compare with the threshold
+            return (f"{head}: no step was scored; branching needs num_candidates >= 2 (now {cfg.num_candidates}) "
+                    f"and steps with min_train_timestep <= t <= max_train_timestep (now {cfg.min_train_timestep}"
+                    f"..{cfg.max_train_timestep}); fix them with --set")
+        ts = sorted(g.scored, reverse=True)
+        closest = sorted(ts, key=lambda t: self.threshold(t) - g.best[t])[:3]
+        near = ", ".join(f"t={t}: best gap {g.best[t]:.3g} vs threshold {self.threshold(t):.4g}" for t in closest)
+        fix = " / ".join(f"--set {k}=..." for k in self.threshold_settings())
+        return (f"{head}: {sum(g.passed.values())} of {sum(g.scored.values())} scored steps passed the threshold "
+                f"(t = {ts[0]}..{ts[-1]}; closest: {near}); lower the threshold with {fix}, "
+                f"or raise --set max_rounds_without_pairs")
+
     @property
     def pending_updates(self) -> int:
         """Updates left on the pairs already sampled (``bench`` times one round and the updates it feeds)."""
         return self.updates_left
+
+    def total_updates(self) -> int | None:
+        """Known only with ``max_updates``: with epochs the update count depends on the pairs each round forms."""
+        return self.cfg.max_updates
 
     def is_done(self, step: int) -> bool:
         if self.cfg.max_updates is not None and step >= self.cfg.max_updates:
@@ -180,6 +221,7 @@ class StepwiseMethod:
             "opt": self.opt.state_dict(), "gen_sample": self.gen_sample.get_state(),
             "gen_order": self.gen_order.get_state(), "order": list(self.order), "epoch": self.epoch, "buffer": buf,
             "buffer_pos": self.buffer_pos, "updates_left": self.updates_left, "rounds": self.rounds,
+            "rounds_without_pairs": self.rounds_without_pairs, "gaps": asdict(self.gaps),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,3 +240,4 @@ class StepwiseMethod:
         self.buffer = None if state["buffer"] is None else sampler.StepPairs(**state["buffer"])
         self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
         self.updates_left = int(state["updates_left"])
+        self.rounds_without_pairs, self.gaps = int(state["rounds_without_pairs"]), sampler.GapStats(**state["gaps"])

@@ -14,7 +14,7 @@ official code runs each twice).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -67,6 +67,21 @@ class RoundSettings:
     min_train_timestep: int = 0
 
 
+@dataclass
+class GapStats:
+    """Per trained timestep, summed over the rounds it was passed to: steps scored, steps that passed the
+    threshold, and the best gap p_w - p_l seen (what a run that forms no pair reports)."""
+
+    scored: dict[int, int] = field(default_factory=dict)
+    passed: dict[int, int] = field(default_factory=dict)
+    best: dict[int, float] = field(default_factory=dict)
+
+    def add(self, t: int, gap: torch.Tensor, ok: torch.Tensor) -> None:
+        self.scored[t] = self.scored.get(t, 0) + len(gap)
+        self.passed[t] = self.passed.get(t, 0) + int(ok.sum())
+        self.best[t] = max(self.best.get(t, -1.0), float(gap.max()))
+
+
 def prob_gap(score_w: torch.Tensor, score_l: torch.Tensor) -> torch.Tensor:
     """p_w - p_l of softmax([s_w, s_l]) = tanh((s_w - s_l) / 2), the official pair-validity gap."""
     return torch.tanh((score_w - score_l) / 2)
@@ -84,8 +99,10 @@ def sample_step_pairs(
     threshold: Callable[[int], float],
     generator: torch.Generator,
     ledger: Ledger,
+    gaps: GapStats | None = None,
 ) -> tuple[StepPairs, dict[str, float]]:
-    """One round over B prompts. Returns valid pairs and logs (valid fraction per noise band, scores)."""
+    """One round over B prompts. Returns valid pairs and logs (valid fraction per noise band, scores);
+    ``gaps``, when given, also collects each trained timestep's scored / passed counts and best gap."""
     n = settings.num_inference_steps
     k = settings.num_candidates
     sched = bundle.ddim_scheduler(n)
@@ -130,7 +147,10 @@ def sample_step_pairs(
         lo = scores.argmin(0)
         ar = torch.arange(b)
         s_w, s_l = scores[w, ar], scores[lo, ar]
-        ok = (prob_gap(s_w, s_l) > threshold(t)) & (w != lo)
+        gap = prob_gap(s_w, s_l)
+        ok = (gap > threshold(t)) & (w != lo)
+        if gaps is not None:
+            gaps.add(t, gap, ok)
         n_scored += b
         valid_by_t[t] = float(ok.float().mean())
         if ok.any():
