@@ -58,6 +58,10 @@ def test_identity_violation_is_detected():
         check_identity(phase_s=90.0, paused_s=0.0, wall_s=100.0)
     assert check_identity(phase_s=99.5, paused_s=0.0, wall_s=100.0) == pytest.approx(0.005)
     assert check_identity(phase_s=80.0, paused_s=20.0, wall_s=100.0) == pytest.approx(0.0)
+    # a 0.3 s run: 20 ms outside any phase is 6.7% but below the 50 ms floor; 60 ms is not
+    assert check_identity(phase_s=0.28, paused_s=0.0, wall_s=0.3) == pytest.approx(0.02 / 0.3)
+    with pytest.raises(AssertionError, match="60 ms > 50 ms"):
+        check_identity(phase_s=0.24, paused_s=0.0, wall_s=0.3)
 
 
 def test_gpu_hours_scale_with_devices(tmp_path):
