@@ -104,7 +104,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(name="t2i-compbench-env", venv_backend="none")
 def t2i_compbench_env(session: nox.Session) -> None:
-    """Build the isolated T2I-CompBench++ detector environment (UniDet + DPT) used by rewards/external.py.
+    """Build the isolated T2I-CompBench++ detector environment (UniDet + DPT) used by lpo_bench/metrics/external.py.
 
     It is separate because T2I-CompBench pins old detectron2/diffusers versions that conflict with ours.
     """
