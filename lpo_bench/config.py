@@ -221,5 +221,15 @@ def load_config(
     return build_config(cls, *layers)
 
 
+def load_target_config(target: str, *, backbone: str, config_file: str | Path | None = None,
+                       overrides: dict[str, Any] | None = None, preset_prefix: str = "") -> Any:
+    """The config class named by a spec's ``"module:Class"`` target, resolved with the presets next to it."""
+    import importlib
+
+    module, attr = target.split(":")
+    return load_config(getattr(importlib.import_module(module), attr), method_module=module, backbone=backbone,
+                       config_file=config_file, overrides=overrides, preset_prefix=preset_prefix)
+
+
 def config_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -14,7 +14,6 @@ counted; past ``max_bad_frac`` the load is refused with a HarnessError.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -157,13 +156,12 @@ def load_pairs(
         m = kept.groupby("caption")["caption"].transform("count").to_numpy()
     weight = 1.0 / m.astype(np.float64)
     extra = kept.drop(columns=["jpg_0", "jpg_1"])
-    digest = hashlib.sha256()
-    for f in files:
-        st = Path(f).stat()
-        # content hash for small files; name + size + mtime for multi-GB shards (hashing them costs minutes)
-        digest.update(Path(f).read_bytes() if st.st_size < (256 << 20) else f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    # the run identity's manifest hash of this split's shards (footers, not the multi-GB row data)
+    from lpo_bench.harness.identity import files_manifest_sha256
+
+    digest = files_manifest_sha256(source if source.is_dir() else source.parent, [Path(f) for f in files])
     return PairSet(caps, np.stack(im0), np.stack(im1), np.asarray(lab, dtype=np.float64), weight, extra, skipped,
-                   str(source), digest.hexdigest())
+                   str(source), digest)
 
 
 # ---------------------------------------------------------------------------- gap columns

@@ -42,12 +42,8 @@ def _files(root: Path) -> list[Path]:
                                                                          p.relative_to(root).parts))
 
 
-def data_manifest_sha256(source: str | Path) -> str:
-    """Identity of a data file or directory (see module docstring)."""
-    source = Path(source)
-    if not source.exists():
-        raise HarnessError(f"data {source} does not exist; pass an existing file or directory")
-    root, files = (source.parent, [source]) if source.is_file() else (source, _files(source))
+def files_manifest_sha256(root: Path, files: list[Path]) -> str:
+    """Identity of ``files`` (paths relative to ``root``): see the module docstring."""
     digest = hashlib.sha256()
     for f in files:
         size = f.stat().st_size
@@ -57,6 +53,15 @@ def data_manifest_sha256(source: str | Path) -> str:
         elif size <= SMALL_FILE_BYTES:
             digest.update(f.read_bytes())
     return digest.hexdigest()
+
+
+def data_manifest_sha256(source: str | Path) -> str:
+    """Identity of a data file or directory (see module docstring)."""
+    source = Path(source)
+    if not source.exists():
+        raise HarnessError(f"data {source} does not exist; pass an existing file or directory")
+    root, files = (source.parent, [source]) if source.is_file() else (source, _files(source))
+    return files_manifest_sha256(root, files)
 
 
 def dir_sha256(path: str | Path) -> str:

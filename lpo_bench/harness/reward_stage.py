@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lpo_bench import registry
-from lpo_bench.config import load_config
+from lpo_bench.config import load_target_config
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.loop import LoopSettings, run_loop
 from lpo_bench.harness.method import TrainContext
@@ -25,9 +25,8 @@ def stage_config(stage: Any, backbone: str, *, config_file: str | None = None,
                  overrides: dict[str, Any] | None = None) -> Any:
     """The trainer config of step reward model ``stage``: defaults -> ``configs/<name>_<backbone>.toml`` ->
     ``config_file`` -> ``overrides``."""
-    module, _ = stage.config.split(":")
-    return load_config(registry.load_target(stage.config), method_module=module, backbone=backbone,
-                       config_file=config_file, overrides=overrides, preset_prefix=f"{stage.name}_")
+    return load_target_config(stage.config, backbone=backbone, config_file=config_file, overrides=overrides,
+                              preset_prefix=f"{stage.name}_")
 
 
 def check_reward_model_dir(stage: Any, path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lpo_bench import records, registry
-from lpo_bench.config import config_dict, load_config
+from lpo_bench.config import config_dict, load_target_config
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness import reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
@@ -42,13 +42,6 @@ class TrainRequest(RunRequest):
     eval_every_gpu_s: float | None = None
     eval_prompts: int = 64
     data_dir: str | None = None
-
-
-def method_config(spec: Any, backbone: str, config_file: str | None, overrides: dict[str, Any]) -> Any:
-    """defaults -> ``configs/<backbone>.toml`` next to the config class -> ``--config`` -> ``--set``."""
-    module, _ = spec.config.split(":")
-    return load_config(registry.load_target(spec.config), method_module=module, backbone=backbone,
-                       config_file=config_file, overrides=overrides)
 
 
 def _prompts_sha256(prompts: PromptSource) -> str:
@@ -76,7 +69,8 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
     registry.check_name("backbone", req.backbone)
     if req.eval_suite:
         registry.check_name("suite", req.eval_suite)
-    cfg = method_config(spec, req.backbone, req.config_file, req.overrides)
+    # defaults -> configs/<backbone>.toml next to the config class -> --config -> --set
+    cfg = load_target_config(spec.config, backbone=req.backbone, config_file=req.config_file, overrides=req.overrides)
     stage = registry.reward_model_spec(spec.reward_stage) if spec.reward_stage else None
     if req.reward_model and stage is None:
         raise HarnessError(f"method {spec.name} has no reward-model stage; drop --reward-model")
