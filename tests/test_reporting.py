@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -478,3 +479,36 @@ def test_interval_helpers():
     assert stats.excludes(0.01, 0.2) and stats.excludes(-0.3, -0.1) and not stats.excludes(-0.1, 0.2)
     assert not stats.excludes(math.nan, math.nan)
     assert stats.overlap(0, 1, 1, 2) and not stats.overlap(0, 1, 1.5, 2) and stats.overlap(0, 1, math.nan, 2)
+
+
+def test_pair_scoring_behind_the_reward_model_is_charged_to_it_and_shown(tmp_path):
+    sd = tmp_path / "pair_scores" / "scores-train-fixture"
+    sd.mkdir(parents=True)
+    records.atomic_write_json(sd / "run.json", {"run_id": "scores-train-fixture", "kind": "pair_scores",
+                                                "gpu_h_pair_scores": 0.5, "provenance": _prov()})
+    records.mark_done(sd)
+    rd = tmp_path / "reward" / "lrm-toy-fixture-s0"
+    rd.mkdir(parents=True)
+    records.atomic_write_json(rd / "run.json", {"run_id": "lrm-toy-fixture-s0", "kind": "reward", "reward_model": "lrm",
+                                                "model_dir": str(rd / "model"), "backbone": "toy",
+                                                "inputs": {"pair_scores": str(sd)},
+                                                "provenance": _prov(), "ledger": {"gpu_h_rm": 2.0}})
+    records.write_measurements(rd, [{"kind": "train_cost", "metric": "gpu_h_rm", "value": 2.0}],
+                               {"run_id": "lrm-toy-fixture-s0", **_prov()})
+    records.mark_done(rd)
+    counted_only = {p: s for p, s in LPO_PHASES[0].items() if p != "RM_TRAIN"}
+    make_train(tmp_path, "lpo", 0, counted_only, given_rm=rd / "model", **LPO)
+    rd_missing = tmp_path / "reward" / "lrm-toy-fixture-s1"
+    shutil.copytree(rd, rd_missing)
+    info = records.read_run(rd_missing)
+    records.atomic_write_json(rd_missing / "run.json", {**info, "inputs": {"pair_scores": str(tmp_path / "gone")}})
+    make_train(tmp_path, "lpo", 1, counted_only, given_rm=rd_missing / "model", **LPO)
+    out = tmp_path / "rep"
+    compare([tmp_path / "train"], out)
+    by_run = pd.read_csv(out / "cost_by_run.csv").set_index("seed")
+    assert by_run.loc[0, "gpu_h_rm"] == pytest.approx(2.5) and by_run.loc[0, "gpu_h_rm_pair_scoring"] == 0.5
+    assert by_run.loc[0, "rm_source"].endswith("+ pair scoring")
+    assert by_run.loc[0, "gpu_h_total_incl_rm"] == pytest.approx(4.3)
+    assert math.isnan(by_run.loc[1, "gpu_h_rm"])
+    text = (out / "report.md").read_text()
+    assert "of which pair scoring" in text and "cost of scoring the pairs is unknown" in text

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpo_bench import records
 from lpo_bench.analysis import stats
 from lpo_bench.analysis.render import (
     Section,
@@ -34,6 +35,7 @@ class RunCost:
     rm: float
     rm_source: str
     updates: float
+    pair_scoring: float = 0.0  # GPU-h of the pair-score run behind the reward model's data filter; inside ``rm``
 
     @property
     def total(self) -> float:
@@ -44,6 +46,20 @@ def _reward_run_cost(r: Run) -> float:
     rows = r.rows("train_cost")
     rows = rows[rows["metric"].astype(object) == "gpu_h_rm"]
     return to_float(rows["value"].iloc[-1]) if len(rows) else to_float((r.info.get("ledger") or {}).get("gpu_h_rm"))
+
+
+def _pair_scoring_cost(run: Run, notes: list[str]) -> float:
+    """GPU-hours of the ``score-pairs`` run whose table fed this run's reward-model data filter (0 without one)."""
+    where = (run.info.get("inputs") or {}).get("pair_scores")
+    if not where:
+        return 0.0
+    path = Path(where)
+    for cand in (path, path.parent):
+        if (cand / "run.json").exists() and records.is_done(cand):
+            return to_float(records.read_run(cand).get("gpu_h_pair_scores"))
+    notes.append(f"{run.run_id}: its pair-score table {where} has no finished score-pairs run record, so the cost "
+                 f"of scoring the pairs is unknown (totals incl. RM are n/a)")
+    return math.nan
 
 
 def _reward_model_cost(run: Run, own_rm: float, notes: list[str]) -> tuple[float, str]:
@@ -84,7 +100,11 @@ def run_cost(run: Run, notes: list[str]) -> RunCost:
         notes.append(f"{run.run_id}: ledger.jsonl phases sum to {phase_sum:.6g} GPU-h but its train_cost record "
                      f"says {counted:.6g}; the record is used for totals")
     rm, source = _reward_model_cost(run, by_metric.get("gpu_h_rm", phases[RM_PHASE]), notes)
-    return RunCost(run, phases, counted, rm, source, by_metric.get("updates", math.nan))
+    rm_run = run if source.startswith("this run") else given_reward_run(run)
+    scoring = _pair_scoring_cost(rm_run, notes) if rm_run is not None else 0.0
+    if scoring:  # the paper leaves the MPCF scoring out of its headline; here it is part of the RM's cost
+        rm, source = rm + scoring, f"{source} + pair scoring"
+    return RunCost(run, phases, counted, rm, source, by_metric.get("updates", math.nan), scoring)
 
 
 def _by_method(costs: list[RunCost]) -> dict[tuple[str, str], list[RunCost]]:
@@ -108,7 +128,7 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
     per_run = pd.DataFrame([{
         "run_id": c.run.run_id, "backbone": c.run.backbone, "method": c.run.method, "seed": c.run.seed,
         "updates": c.updates, **{f"gpu_h_{p}": c.phases_gpu_h[p] for p in COUNTED_PHASES},
-        "gpu_h_counted": c.counted, "gpu_h_rm": c.rm, "rm_source": c.rm_source, "gpu_h_total_incl_rm": c.total,
+        "gpu_h_counted": c.counted, "gpu_h_rm": c.rm, "gpu_h_rm_pair_scoring": c.pair_scoring, "rm_source": c.rm_source, "gpu_h_total_incl_rm": c.total,
         "device": f"{c.run.device[0]} x{c.run.device[1]}",
     } for c in costs])
     summary: dict[tuple[str, str], dict[str, Any]] = {}
@@ -120,9 +140,11 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
             RM_PHASE: _median_range([c.rm for c in cs]),
             "counted": _median_range([c.counted for c in cs]),
             "rm": _median_range([c.rm for c in cs]),
+            "scoring": _median_range([c.pair_scoring for c in cs]),
             "total": _median_range([c.total for c in cs]),
         }
     rows, show, headline = [], [], {}
+    any_scoring = any(c.pair_scoring != 0 for c in costs)
     for (bb, method), s in summary.items():
         ref = summary.get((bb, reference))
         sp_ex = stats.speedup(s["counted"][0], ref["counted"][0]) if ref else math.nan
@@ -132,6 +154,7 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
             **{f"gpu_h_{p}_median": s[p][0] for p in COUNTED_PHASES},
             "gpu_h_counted_median": s["counted"][0], "gpu_h_counted_min": s["counted"][1],
             "gpu_h_counted_max": s["counted"][2], "gpu_h_rm_median": s["rm"][0],
+            "gpu_h_rm_pair_scoring_median": s["scoring"][0],
             "gpu_h_total_incl_rm_median": s["total"][0], "gpu_h_total_incl_rm_min": s["total"][1],
             "gpu_h_total_incl_rm_max": s["total"][2],
             "reference_method": reference, "speedup_excl_rm": sp_ex, "speedup_incl_rm": sp_in,
@@ -140,6 +163,7 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
             "backbone": bb, "method": method, "seeds": str(s["n_seeds"]), "updates": fmt(s["updates"][0]),
             **{p: fmt(s[p][0]) for p in COUNTED_PHASES},
             "counted GPU-h (excl. RM)": fmt_range(*s["counted"]), "RM training GPU-h": fmt_range(*s["rm"]),
+            **({"of which pair scoring": fmt(s["scoring"][0])} if any_scoring else {}),
             "total incl. RM": fmt_range(*s["total"]),
             f"speed-up of {reference} (excl. RM)": fmt_speedup(sp_ex, reference),
             f"speed-up of {reference} (incl. RM)": fmt_speedup(sp_in, reference),
@@ -157,7 +181,8 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
     sec.blocks += [
         Table("cost", titled("Cost per method: median over seeds (min–max), GPU-hours", mixed), pd.DataFrame(rows),
               pd.DataFrame(show), note=f"Phase columns are medians of each phase over seeds, so they need not add "
-              f"up to the median total. Speed-up of {reference} = method's cost / {reference}'s cost (above 1: "
+              f"up to the median total. RM training includes the pair-scoring run behind the reward model's data "
+              f"filter where one was used (the LPO paper leaves that cost out). Speed-up of {reference} = method's cost / {reference}'s cost (above 1: "
               f"{reference} was cheaper)."),
         Table("cost_by_run", titled("Cost per run, GPU-hours", mixed), per_run),
     ]
