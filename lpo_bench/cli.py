@@ -28,6 +28,10 @@ WEIGHTS_DIR = typer.Option(None, "--weights-dir", help="Local directory with mod
 DOWNLOAD = typer.Option(False, "--download", help="Allow downloading missing weights from the hub")
 DATA_DIR = typer.Option(None, "--data-dir", help="Local directory with datasets/prompt files")
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+PRECISION = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16: autocast of the updates with fp32 master "
+                         "weights; frozen weights cast to bf16/fp16; fp16 adds loss scaling")
+GRAD_CKPT = typer.Option(False, "--grad-ckpt", help="Gradient checkpointing of the UNet (recompute activations in "
+                         "the backward pass: less memory, one extra forward)")
 
 
 @app.callback()
@@ -89,8 +93,12 @@ def train(
     download: bool = DOWNLOAD,
     data_dir: Optional[Path] = DATA_DIR,
     device: Optional[str] = DEVICE,
+    precision: str = PRECISION,
+    grad_ckpt: bool = GRAD_CKPT,
 ) -> None:
-    """Train a method on a backbone (its reward-model stage first, unless --reward-model is given)."""
+    """Train a method on a backbone (its reward-model stage first, unless --reward-model is given).
+
+    Prints the estimated peak memory before the first update."""
     _allow_download(download)
     from lpo_bench import config as config_mod
     from lpo_bench.harness.train import TrainRequest, train_run
@@ -101,7 +109,8 @@ def train(
         pairs=_str(pairs), reward_model=_str(reward_model), out_root=_str(out_root), run_id=run_id,
         overwrite=overwrite, resume=resume, budget_gpu_h=budget_gpu_h, eval_suite=eval_suite,
         eval_every_gpu_s=eval_every_gpu_s, eval_prompts=eval_prompts, checkpoint_every_updates=checkpoint_every,
-        weights_dir=_str(weights_dir), data_dir=_str(data_dir), device=device,
+        weights_dir=_str(weights_dir), data_dir=_str(data_dir), device=device, precision=precision,
+        gradient_checkpointing=grad_ckpt,
     )
     typer.echo(f"run: {train_run(req)}")
 
@@ -125,6 +134,8 @@ def train_reward(
     weights_dir: Optional[Path] = WEIGHTS_DIR,
     download: bool = DOWNLOAD,
     device: Optional[str] = DEVICE,
+    precision: str = PRECISION,
+    grad_ckpt: bool = GRAD_CKPT,
 ) -> None:
     """Train a step-level reward model as its own run; pass its model directory to train --reward-model."""
     _allow_download(download)
@@ -134,7 +145,8 @@ def train_reward(
     req = RewardRequest(
         kind=kind, backbone=backbone, seed=seed, config_file=str(config) if config else None,
         overrides=config_mod.parse_set(set_), pairs=_str(pairs), out_root=_str(out_root), overwrite=overwrite,
-        resume=resume, weights_dir=_str(weights_dir), device=device,
+        resume=resume, weights_dir=_str(weights_dir), device=device, precision=precision,
+        gradient_checkpointing=grad_ckpt,
     )
     typer.echo(f"run: {train_reward_run(req)}")
 

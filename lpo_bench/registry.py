@@ -61,12 +61,27 @@ SUITES: dict[str, str] = {
     "toy-general": "lpo_bench.data.suites:TOY_GENERAL",
 }
 
+# The authors' released checkpoints, used as `released:<name>` (a ReleasedModel, lpo_bench.models.released, each).
+RELEASED: dict[str, str] = {
+    "lrm-sd15": "lpo_bench.methods.lpo.released:LRM_SD15",
+    "lrm-sdxl": "lpo_bench.methods.lpo.released:LRM_SDXL",
+    "lpo-sd15": "lpo_bench.methods.lpo.released:LPO_SD15",
+    "lpo-sdxl": "lpo_bench.methods.lpo.released:LPO_SDXL",
+    "spm-sd15": "lpo_bench.baselines.spo.released:SPM_SD15",
+    "spm-sdxl": "lpo_bench.baselines.spo.released:SPM_SDXL",
+    "spo-sd15": "lpo_bench.baselines.spo.released:SPO_SD15",
+    "spo-sdxl": "lpo_bench.baselines.spo.released:SPO_SDXL",
+    "diffusion-dpo-sd15": "lpo_bench.baselines.diffusion_dpo.released:DPO_SD15",
+    "diffusion-dpo-sdxl": "lpo_bench.baselines.diffusion_dpo.released:DPO_SDXL",
+}
+
 TABLES: dict[str, dict[str, str]] = {
     "method": METHODS,
     "backbone": BACKBONES,
     "metric": METRICS,
     "step-reward-model": STEP_REWARD_MODELS,
     "suite": SUITES,
+    "released": RELEASED,
 }
 
 

@@ -85,8 +85,8 @@ def test_nan_loss_stops_with_diagnostics_and_keeps_last_checkpoint(tiny_pairs, t
 
     orig = LPO._update
 
-    def update(self, batch):
-        logs = orig(self, batch)
+    def update(self, batch, n_global):
+        logs = orig(self, batch, n_global)
         if self.updates_done >= 3:
             logs["loss"] = math.nan
         self.updates_done += 1

@@ -24,10 +24,13 @@ class DiffusionDPOConfig:
     max_updates: int = field(default=2000, metadata={
         "help": "Optimiser updates to run (official 2000)", "valid": Range(ge=1)})
     pairs_per_update: int = field(default=2048, metadata={
-        "help": "Effective batch in pairs per optimiser update, over all ranks (official 16 GPUs × 1 × 128 = 2048)",
+        "help": "Effective batch in pairs per optimiser update, GLOBAL: summed over all ranks, which share it out "
+                "(sizes differ by at most one), so a recipe means the same on any number of GPUs "
+                "(official 16 GPUs × 1 × 128 = 2048)",
         "valid": Range(ge=1)})
     micro_batch_pairs: int = field(default=1, metadata={
-        "help": "Pairs per forward/backward on one rank; gradient accumulation fills pairs_per_update",
+        "help": "Pairs per forward/backward on one rank (memory only); gradient accumulation fills the rank's share "
+                "of pairs_per_update",
         "valid": Range(ge=1)})
     optimizer: Literal["adamw", "adafactor"] = field(default="adamw", metadata={
         "help": "adamw (official SD1.5) or adafactor (official SDXL: no relative step, clip_threshold 1)"})
@@ -55,12 +58,20 @@ class DiffusionDPOConfig:
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "UNet gradient checkpointing (official forces it for SDXL)"})
     max_pairs: int | None = field(default=None, metadata={
-        "help": "Use only the first N training pairs (None = all; pairs are decoded and encoded in memory)",
+        "help": "Use only the first N rows of the training split (None = all; images are decoded per batch and "
+                "VAE-encoded once into an on-disk cache under the run directory)",
         "valid": Range(ge=1)})
     encode_batch: int = field(default=32, metadata={
         "help": "VAE encode batch when caching latents (PREP)", "valid": Range(ge=1)})
     latent_cache_dtype: Literal["fp32", "fp16"] = field(default="fp32", metadata={
-        "help": "Storage dtype of the cached VAE posterior (mean, std) on the CPU"})
+        "help": "Storage dtype of the cached VAE posterior (mean, std) on disk (run_dir/latent_cache; per pair "
+                "2 images × 2 arrays × C·h·w, ×2 with random_flip: 256 KiB in fp16 for SD1.5 with flips)"})
+    latent_cache_shard_pairs: int = field(default=4096, metadata={
+        "help": "Pairs per shard file of the latent cache (the unit of resuming an interrupted PREP and of sharing "
+                "it out over ranks; rounded up to a multiple of encode_batch)", "valid": Range(ge=1)})
+    num_workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes decoding and resizing images in PREP (0: in the main process)",
+        "valid": Range(ge=0)})
 
     # lr_warmup_updates > max_updates is fine: warmup then constant, so a short run just stays in the warmup
     CHECKS: ClassVar[tuple[Check, ...]] = (Check("micro_batch_pairs", "<=", "pairs_per_update"),)

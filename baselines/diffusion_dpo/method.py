@@ -1,12 +1,19 @@
 """Diffusion-DPO (Wallace et al., CVPR 2024, arXiv 2311.12908) behind the harness Method interface.
 
-Offline preference pairs (ties dropped, winner first) are VAE-encoded once in PREP: the posterior
-mean and std of every image (and of its mirror image when ``random_flip``) are cached on the CPU,
-and a fresh posterior sample is drawn each time a pair is used, as the official code samples
-``latent_dist`` every step. One update consumes ``pairs_per_update`` pairs from a seeded per-epoch
-permutation, split evenly over ranks and into micro-batches (gradient accumulation). Per pair one
-t ~ U{0..T-1} and one ε are shared by winner and loser; the policy and the frozen reference
-predict ε on both, and ``losses.diffusion_dpo_loss`` compares their per-element mean errors.
+Offline preference pairs (ties dropped, winner first) are opened lazily (``lpo_bench.data.stream``: metadata in
+RAM, images decoded per batch, in ``num_workers`` DataLoader workers) and VAE-encoded once in PREP into an on-disk
+cache under the run directory (``lpo_bench.data.latent_cache``: the posterior mean and std of every image, and of
+its mirror image when ``random_flip``, in shards; a cache left by an interrupted PREP is completed, not trusted
+half-written); a fresh posterior sample is drawn each time a pair is used, as the official code samples
+``latent_dist`` every step. Peak memory is one batch of images, whatever the dataset size.
+
+One update consumes ``pairs_per_update`` pairs (global, over all ranks) from a seeded per-epoch permutation. Its
+randomness (flips, posterior samples, t, ε, caption dropout) is drawn for the whole global batch from generators
+that are the same on every rank; each rank then takes a contiguous slice of the pairs (sizes differ by at most
+one) and splits it into micro-batches (gradient accumulation). So P processes train on exactly the pairs, noise
+and timesteps one process does, and reach its weights up to float summation order. Per pair one t ~ U{0..T-1}
+and one ε are shared by winner and loser; the policy and the frozen reference predict ε on both, and
+``losses.diffusion_dpo_loss`` compares their per-element mean errors.
 
 Reference: a frozen deep copy of the UNet for full fine-tuning (official), or the same UNet with
 its LoRA adapters disabled (``lora_rank > 0``, diffusers example). Gradients are summed over
@@ -25,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from lpo_bench.baselines.diffusion_dpo.config import DiffusionDPOConfig
@@ -34,7 +42,8 @@ from lpo_bench.baselines.diffusion_dpo.losses import (
     per_sample_mse,
     sft_loss,
 )
-from lpo_bench.data.pairs import load_pairs
+from lpo_bench.data.latent_cache import LatentCache, build_latent_cache
+from lpo_bench.data.pairs import PairBatch, open_pairs
 from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.method import TrainContext
@@ -48,6 +57,7 @@ _STAT_KEYS = ("loss", "implicit_acc", "mse_w", "mse_l", "ref_mse_w", "ref_mse_l"
 class DiffusionDPO:
     name: ClassVar[str] = "diffusion-dpo"
     version: ClassVar[str] = "1"
+    loss_scaling: ClassVar[bool] = True  # backward and step go through ctx.precision (fp16 loss scaling)
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: TrainContext[DiffusionDPOConfig]) -> None:
@@ -57,11 +67,9 @@ class DiffusionDPO:
         if src is None:
             raise HarnessError("Diffusion-DPO trains on preference pairs: pass --pairs DIR (toy pairs from "
                                "`lpo-bench toy make-pairs`, or a local Pick-a-Pic v2 copy)")
-        per_rank, rem = divmod(cfg.pairs_per_update, ctx.world_size)
-        if rem or per_rank < 1:
-            raise HarnessError(f"pairs_per_update={cfg.pairs_per_update} must be a positive multiple of the "
-                               f"{ctx.world_size} ranks; change --set pairs_per_update=...")
-        self.pairs_per_rank = per_rank
+        base, extra = divmod(cfg.pairs_per_update, ctx.world_size)  # rank r holds base + (r < extra) pairs
+        self.rank_start = ctx.rank * base + min(ctx.rank, extra)
+        self.pairs_per_rank = base + (1 if ctx.rank < extra else 0)
         with ctx.ledger.phase(Phase.PREP):
             self._prepare_data(src)
         self.unet = bundle.unet
@@ -70,47 +78,60 @@ class DiffusionDPO:
             self.ref_unet = None
         else:
             self.ref_unet = None if cfg.sft else copy.deepcopy(self.unet).requires_grad_(False).eval()
+            if self.ref_unet is not None:
+                ctx.precision.cast_frozen(self.ref_unet)
             self.unet.requires_grad_(True)
             self.params = [p for p in self.unet.parameters() if p.requires_grad]
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.lr_peak = cfg.lr * cfg.pairs_per_update if cfg.scale_lr else cfg.lr
         self.opt = self._optimizer()
-        r = ctx.rank
-        self.gens = {k: purpose_generator(ctx.seed, f"dpo-{k}", r) for k in ("noise", "timestep", "augment")}
+        # the same streams on every rank (key 0: the single-process streams): draws cover the global batch
+        self.gens = {k: purpose_generator(ctx.seed, f"dpo-{k}", 0) for k in ("noise", "timestep", "augment")}
         self.epoch, self.pos = 0, 0
         self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
         mode = "SFT" if cfg.sft else f"β={cfg.beta_dpo:g}"
         ctx.log(f"[diffusion-dpo] {self.n_pairs} pairs, {mode}, "
                 f"{'LoRA r=' + str(cfg.lora_rank) if cfg.lora_rank else 'full UNet'}, lr {self.lr_peak:.3g}, "
-                f"{cfg.pairs_per_update} pairs/update = {ctx.world_size} ranks × {self.accum_steps} × "
-                f"{cfg.micro_batch_pairs}")
+                f"{cfg.pairs_per_update} pairs/update over {ctx.world_size} ranks (rank {ctx.rank}: "
+                f"{self.pairs_per_rank} = {self.accum_steps} × <= {cfg.micro_batch_pairs})")
 
     @property
     def accum_steps(self) -> int:
         return -(-self.pairs_per_rank // self.cfg.micro_batch_pairs)
 
     def _prepare_data(self, src: Path) -> None:
-        """Load pairs (ties dropped), put the winner first, cache VAE posteriors (PREP)."""
-        cfg, bundle = self.cfg, self.ctx.bundle
-        pairs = load_pairs(src, "train", resolution=bundle.resolution, max_rows=cfg.max_pairs, drop_ties=True)
-        win0 = torch.from_numpy(pairs.label_0 == 1.0)
-        self.captions = list(pairs.captions)
-        self.n_pairs = len(pairs)
-        im0, im1 = pairs.images_tensor(0), pairs.images_tensor(1)
-        sel = win0[:, None, None, None]
-        img_w, img_l = torch.where(sel, im0, im1), torch.where(sel, im1, im0)
-        del im0, im1
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-            "w": self._encode(img_w), "l": self._encode(img_l)}
-        if cfg.random_flip:
-            self.cache["w_flip"] = self._encode(img_w.flip(-1))
-            self.cache["l_flip"] = self._encode(img_l.flip(-1))
+        """Open the pairs (ties dropped) and build or complete the on-disk latent cache (PREP)."""
+        cfg, bundle, ctx = self.cfg, self.ctx.bundle, self.ctx
+        index = open_pairs(src, "train", max_rows=cfg.max_pairs, drop_ties=True)
+        streams = ("w", "l", "w_flip", "l_flip") if cfg.random_flip else ("w", "l")
+        win0 = index.label_0 == 1.0
+
+        def make_streams(b: PairBatch) -> dict[str, torch.Tensor]:
+            sel = torch.from_numpy(win0[b.idx.numpy()])[:, None, None, None]
+            w, lo = torch.where(sel, b.images_0, b.images_1), torch.where(sel, b.images_1, b.images_0)
+            out = {"w": w, "l": lo}
+            return {**out, "w_flip": w.flip(-1), "l_flip": lo.flip(-1)} if cfg.random_flip else out
+
+        fingerprint = {"pairs_sha256": index.sha256, "max_pairs": cfg.max_pairs, "drop_ties": True,
+                       "vae": _module_sha256(bundle.vae), "vae_dtype": str(bundle.vae.dtype)}
+        self.cache: LatentCache = build_latent_cache(
+            ctx.run_dir / "latent_cache", index, fingerprint=fingerprint, streams=streams, make_streams=make_streams,
+            encode=self._encode, batch_pairs=cfg.encode_batch, shard_pairs=cfg.latent_cache_shard_pairs,
+            resolution=bundle.resolution, store_dtype=cfg.latent_cache_dtype, num_workers=cfg.num_workers,
+            dist=ctx.dist, log=ctx.log)
+        total, bad = len(index) + index.skipped, index.skipped + self.cache.failed
+        if bad / total > 0.05:
+            raise HarnessError(f"{bad} of {total} training pairs in {src} are broken (undecodable images or invalid "
+                               f"rows), above the 5% threshold; repair or re-download the data")
+        if len(self.cache) == 0:
+            raise HarnessError(f"no training pair of {src} decodes; check the data")
+        self.captions = [index.captions[i] for i in self.cache.positions.tolist()]
+        self.n_pairs = len(self.cache)
 
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        store = torch.float16 if self.cfg.latent_cache_dtype == "fp16" else torch.float32
         self.ctx.ledger.count("vae_encode", len(images))
-        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch, store)
+        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch, torch.float32)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -143,21 +164,36 @@ class DiffusionDPO:
         return self.lr_peak * (min(1.0, (step + 1) / w) if w > 0 else 1.0)
 
     # ------------------------------------------------------------------ training
-    def _latents(self, key: str, idx: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
-        mean, std = self.cache[key][0][idx].float(), self.cache[key][1][idx].float()
+    def _draws(self, n: int) -> dict[str, Any]:
+        """The randomness of one global batch of ``n`` pairs, identical on every rank; this rank keeps its slice.
+
+        Drawn in the order (and shapes) of a single process running the batch as one micro-batch: flips
+        (augment), posterior samples z_w, z_l and ε (noise), t (timestep), caption keep (augment)."""
+        cfg, b, g = self.cfg, self.ctx.bundle, self.gens
+        shape = self.cache.row_shape[2:]  # (C, h, w) of the cached posteriors
+        mine = slice(self.rank_start, self.rank_start + self.pairs_per_rank)
+        out: dict[str, Any] = {"flips": None}
+        if cfg.random_flip:
+            out["flips"] = (torch.rand(2, n, generator=g["augment"]) < 0.5)[:, mine]  # independent per image
+        for k in ("z_w", "z_l"):
+            out[k] = torch.randn(n, *shape, generator=g["noise"])[mine].clone()
+        out["t"] = torch.randint(0, b.num_train_timesteps, (n,), generator=g["timestep"])[mine]
+        out["eps"] = torch.randn(n, *shape, generator=g["noise"])[mine].clone()  # one ε per pair, shared by w and l
+        out["keep"] = (torch.rand(n, generator=g["augment"]) >= cfg.caption_dropout)[mine]
+        return out
+
+    def _latents(self, rows: np.ndarray, name: str, z: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        mean, std = (torch.from_numpy(np.ascontiguousarray(a)) for a in self.cache.stream(rows, name))
         if flip is not None:
+            fm, fs = (torch.from_numpy(np.ascontiguousarray(a)) for a in self.cache.stream(rows, name + "_flip"))
             f = flip[:, None, None, None]
-            mean = torch.where(f, self.cache[key + "_flip"][0][idx].float(), mean)
-            std = torch.where(f, self.cache[key + "_flip"][1][idx].float(), std)
-        z = torch.randn(mean.shape, generator=self.gens["noise"])
+            mean, std = torch.where(f, fm, mean), torch.where(f, fs, std)
         return (mean + std * z) * self.ctx.bundle.scaling_factor
 
-    def _embeds(self, idx: torch.Tensor) -> PromptEmbeds:
-        cfg, bundle = self.cfg, self.ctx.bundle
-        keep = torch.rand(len(idx), generator=self.gens["augment"]) >= cfg.caption_dropout
+    def _embeds(self, idx: torch.Tensor, keep: torch.Tensor) -> PromptEmbeds:
         caps = [self.captions[i] if k else "" for i, k in zip(idx.tolist(), keep.tolist(), strict=True)]
         self.ctx.ledger.count("text_fwd", len(caps))
-        return bundle.encode_prompts(caps)
+        return self.ctx.bundle.encode_prompts(caps)
 
     @contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -167,26 +203,24 @@ class DiffusionDPO:
             with lora.reference_mode(self.unet) as unet:
                 yield unet
 
-    def _micro_step(self, idx: torch.Tensor) -> dict[str, float]:
-        """Forward/backward of one micro-batch; returns SUMS over its pairs."""
+    def _micro_step(self, idx: torch.Tensor, d: dict[str, Any]) -> dict[str, float]:
+        """Forward/backward of one micro-batch (pairs ``idx``, their draws ``d``); returns SUMS over its pairs."""
         cfg, bundle, ledger = self.cfg, self.ctx.bundle, self.ctx.ledger
         n, dev, dt = len(idx), bundle.device, bundle.dtype
-        flips = None
-        if cfg.random_flip:
-            flips = torch.rand(2, n, generator=self.gens["augment"]) < 0.5  # independent per image
-        x0_w = self._latents("w", idx, None if flips is None else flips[0])
-        x0_l = self._latents("l", idx, None if flips is None else flips[1])
-        t = torch.randint(0, bundle.num_train_timesteps, (n,), generator=self.gens["timestep"])
-        eps = torch.randn(x0_w.shape, generator=self.gens["noise"])  # one ε per pair, shared by w and l
+        rows = self.cache.read(idx.numpy())
+        flips = d["flips"]
+        x0_w = self._latents(rows, "w", d["z_w"], None if flips is None else flips[0])
+        x0_l = self._latents(rows, "l", d["z_l"], None if flips is None else flips[1])
+        t, eps = d["t"], d["eps"]
         xt_w = bundle.scheduler.add_noise(x0_w, eps, t).to(dev, dt)
         xt_l = bundle.scheduler.add_noise(x0_l, eps, t).to(dev, dt)
         eps, t = eps.to(dev), t.to(dev)
-        embeds = self._embeds(idx)
+        embeds = self._embeds(idx, d["keep"])
         if cfg.sft:
             pred = bundle.unet_forward(xt_w, t, embeds, self.unet)
             ledger.count("unet_fwdbwd", n)
             per = sft_loss(pred, eps)
-            (per.sum() / cfg.pairs_per_update).backward()
+            self.ctx.precision.backward(per.sum() / cfg.pairs_per_update)
             return {"loss": float(per.detach().sum()), "mse_w": float(per.detach().sum())}
         both = PromptEmbeds.cat([embeds, embeds])
         x, tt, target = torch.cat([xt_w, xt_l]), torch.cat([t, t]), torch.cat([eps, eps])
@@ -196,7 +230,7 @@ class DiffusionDPO:
             ref_w, ref_l = per_sample_mse(bundle.unet_forward(x, tt, both, ref), target).chunk(2)
         ledger.count("unet_fwd", 2 * n)
         per = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta_dpo=cfg.beta_dpo)
-        (per.sum() / cfg.pairs_per_update).backward()
+        self.ctx.precision.backward(per.sum() / cfg.pairs_per_update)
         err_w, err_l = err_w.detach(), err_l.detach()
         acc = implicit_accuracy(err_w, err_l, ref_w, ref_l)
         return {"loss": float(per.detach().sum()), "implicit_acc": float(acc.sum()), "mse_w": float(err_w.sum()),
@@ -209,22 +243,22 @@ class DiffusionDPO:
             for g in self.opt.param_groups:
                 g["lr"] = lr
             idx = self._next_indices(cfg.pairs_per_update)
-            mine = idx[ctx.rank * self.pairs_per_rank : (ctx.rank + 1) * self.pairs_per_rank]
+            draws = self._draws(len(idx))
+            mine = idx[self.rank_start : self.rank_start + self.pairs_per_rank]
             sums = torch.zeros(len(_STAT_KEYS), dtype=torch.float64)
             self.unet.train()
-            for chunk in mine.split(cfg.micro_batch_pairs):
-                part = self._micro_step(chunk)
+            m = cfg.micro_batch_pairs
+            for s in range(0, len(mine), m):
+                part = self._micro_step(mine[s : s + m], {k: None if v is None else v[..., s : s + m] if k == "flips"
+                                                          else v[s : s + m] for k, v in draws.items()})
                 sums += torch.tensor([part.get(k, 0.0) for k in _STAT_KEYS], dtype=torch.float64)
             if ctx.world_size > 1:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-                for p, g in zip(self.params, grads, strict=True):
-                    p.grad = g
+                ctx.dist.sum_grads_(self.params)  # as one process holding the global batch (None stays None)
                 s_dev = sums.to(ctx.device)
-                ctx.dist.reduce_([*grads, s_dev], "sum")
+                ctx.dist.reduce_([s_dev], "sum")
                 sums = s_dev.cpu()
             max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf")
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-            self.opt.step()
+            gnorm = ctx.precision.clip_and_step(self.opt, self.params, max_norm)
             self.opt.zero_grad(set_to_none=True)
             self.unet.eval()
         mean = (sums / cfg.pairs_per_update).tolist()
@@ -232,7 +266,8 @@ class DiffusionDPO:
         if not cfg.sft:
             logs["mse_gap_w"] = logs["mse_w"] - logs["ref_mse_w"]  # divergence monitor (issue #17)
             logs["mse_gap_l"] = logs["mse_l"] - logs["ref_mse_l"]
-        logs.update(grad_norm=float(gnorm), lr=lr, epoch=self.epoch + self.pos / self.n_pairs)
+        logs.update(grad_norm=float(gnorm), lr=lr, epoch=self.epoch + self.pos / self.n_pairs,
+                    pairs=float(self.pairs_per_rank), pairs_global=float(cfg.pairs_per_update))
         return logs
 
     def total_updates(self) -> int:
@@ -274,3 +309,14 @@ class DiffusionDPO:
         self.unet.save_pretrained(out / "unet", safe_serialization=True)
         return out / "unet"
 
+
+def _module_sha256(module: torch.nn.Module) -> str:
+    """Identity of a module's weights (names, dtypes, shapes, values), for the latent cache's fingerprint."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

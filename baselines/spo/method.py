@@ -2,13 +2,15 @@
 (arXiv 2406.04314; RockeyCoss/SPO@27a8642).
 
 Stage 1, run by the harness (RM_TRAIN, unless ``--reward-model DIR`` gives a trained one): the SPM (``spm_train``).
-Stage 2, per round: eta-DDIM with CFG over this process's prompts via ``lpo_bench.methods.stepwise.sampler``; from
+Stage 2, per round: eta-DDIM with CFG over ``prompts_per_round`` prompts (global, split over ranks) via
+``lpo_bench.methods.stepwise.sampler``; from
 the first step with t <= ``max_train_timestep`` (751, official divert_start_step 4) on, K candidates
 x_{t'} share the mean of x_t and are scored by the scorer below; the (max, min) pair is kept when
 p_w - p_l > ``threshold_spo`` (fixed 0.3); the trajectory continues from a uniformly random
-candidate. Pairs from all ranks are gathered without dropping any and shuffled identically on every
-rank; each minibatch is one optimiser update of LoRA (q/k/v/out), the update shared with LPO
-(``StepwiseMethod._update``: the clipped step-DPO loss, β_spo = 10, clip 0.1, on per-element-mean log-probs).
+candidate. The pairs of all ranks form one global list (no pair dropped), shuffled identically on every
+rank; each global batch of ``train_batch_pairs`` is one optimiser update of LoRA (q/k/v/out), the update shared
+with LPO (``StepwiseMethod._update``: the clipped step-DPO loss, β_spo = 10, clip 0.1, on per-element-mean
+log-probs). The rounds and updates are the same on any number of processes (``lpo_bench.methods.stepwise.rounds``).
 
 Scorer (all under Phase.SCORE): one CFG pass of the policy UNet on the K candidates at their own
 (child) timestep t' gives ε̂ and x̂0; the ε̂ is handed back to the sampler, which reuses it as the next
@@ -20,7 +22,7 @@ Counters: SAMPLE ``unet_fwd`` (sampler's own passes); SCORE ``unet_fwd`` (candid
 ``vae_decode``, ``reward_fwd``; UPDATE ``unet_fwdbwd`` (policy) and ``unet_fwd`` (reference), all
 in UNet evaluations (a CFG pass on n latents = 2n). Deviations from the official code: the gradient
 norm is really clipped (official: a no-op; ``official_grad_clip_noop=true`` restores it), no pair is dropped when gathering (official drops
-N mod world_size), one policy and one reference CFG forward per pair (winner and loser share x_t),
+N mod world_size; ``drop_remainder_pairs=true`` restores it), one policy and one reference CFG forward per pair (winner and loser share x_t),
 cached prompt embeddings. SDXL's "multi-step" variant (inner steps) is not implemented.
 """
 
@@ -33,6 +35,7 @@ import torch
 from lpo_bench.baselines.spo.config import SPOConfig
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel
 from lpo_bench.diffusion import ddim
+from lpo_bench.diffusion.seeding import seeded_init
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.method import TrainContext
 from lpo_bench.ledger import Phase
@@ -44,7 +47,7 @@ from lpo_bench.models.bundle import PromptEmbeds
 
 class SPO(StepwiseMethod):
     name: ClassVar[str] = "spo"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: global recipes, per-prompt sampling generators
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: TrainContext[SPOConfig]) -> None:
@@ -54,6 +57,7 @@ class SPO(StepwiseMethod):
         with ctx.ledger.phase(Phase.PREP):
             self.spm = StepAwarePreferenceModel.load(ctx.reward_model_dir, bundle, device=bundle.device)
             self.spm.requires_grad_(False)
+            ctx.precision.cast_frozen(self.spm)
             self.prompts = ctx.prompts.training_prompts(limit=cfg.num_train_prompts)
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
@@ -64,7 +68,8 @@ class SPO(StepwiseMethod):
                                            for s in range(0, len(self.prompts), 256)])
             ctx.ledger.count("text_fwd", len(self.prompts))
             ctx.ledger.count("reward_text_fwd", len(self.prompts))
-        self.params = lora.add_lora(bundle.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        with seeded_init(ctx.seed, "spo-lora-init"):  # the same A on every rank, whatever ran before
+            self.params = lora.add_lora(bundle.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999), eps=1e-8)
         self.settings = sampler.RoundSettings(
             num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,

@@ -18,8 +18,10 @@ initialisation the SPM equals its base scorer exactly. Score (PickScore form)::
 
 Bases: ``pickscore`` (``yuvalkirstain/PickScore_v1``, CLIP ViT-H/14 at 224 px, resolved offline) for
 the real backbones, ``tiny-clip`` (a small random ``CLIPModel`` using the backbone's tokenizer) for
-the toy world and tests. Images enter as [0, 1] RGB; they are resized (bicubic, antialiased) so the
-short side is the SPM's image size, centre-cropped, and normalised with the OpenAI CLIP mean/std.
+the toy world and tests. Images enter as [0, 1] RGB; they are resized (bicubic, no antialias by default, as
+the official ``F.interpolate`` calls; ``antialias=True`` switches it on) so the short side is the SPM's image
+size (``int(side * scale + 0.5)``), centre-cropped (torchvision's rounding), clamped to [0, 1] and normalised
+with the OpenAI CLIP mean/std.
 
 Input for noisy latents (``score_noisy``): the CFG-guided one-step prediction x̂0 of the attached
 backbone's UNet, VAE-decoded, scored at the latent's timestep t.
@@ -27,7 +29,7 @@ backbone's UNet, VAE-decoded, scored at the latent's timestep t.
 Saved layout (``save``/``load``, strict)::
 
     <dir>/spm_config.json     {"id", "version", "base", "base_checkpoint", "image_size", "freq_dim",
-                               "guidance_scale"}; written last, so its presence marks a complete save
+                               "guidance_scale", "antialias"}; written last, so its presence marks a complete save
     <dir>/clip_config.json    transformers CLIPConfig of the base (text + vision towers)
     <dir>/model.safetensors   the whole state dict: clip.*, t_embedder.*, adaln.*, final_adaln.*
     <dir>/tokenizer/          the CLIPTokenizer the text tower was trained with
@@ -97,13 +99,14 @@ class StepAwarePreferenceModel(nn.Module):
     input_mode = "x0_pred_decoded"
 
     def __init__(self, clip: Any, tokenizer: Any, *, base: str, base_checkpoint: str, freq_dim: int = FREQ_DIM,
-                 guidance_scale: float = 5.0) -> None:
+                 guidance_scale: float = 5.0, antialias: bool = False) -> None:
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer
         self.base, self.base_checkpoint = base, base_checkpoint
         self.image_size = int(clip.config.vision_config.image_size)
         self.guidance_scale = float(guidance_scale)
+        self.antialias = bool(antialias)
         hidden = int(clip.config.vision_config.hidden_size)
         layers = len(clip.vision_model.encoder.layers)
         self.t_embedder = TimestepEmbedder(hidden, freq_dim)
@@ -117,7 +120,8 @@ class StepAwarePreferenceModel(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def tiny(cls, tokenizer: Any, *, image_size: int = 32, hidden: int = 64, layers: int = 3, patch_size: int = 4,
-             seed: int = 0, guidance_scale: float = 5.0, text_encoder: Any = None) -> StepAwarePreferenceModel:
+             seed: int = 0, guidance_scale: float = 5.0, text_encoder: Any = None,
+             antialias: bool = False) -> StepAwarePreferenceModel:
         """A small CLIP base (toy world, tests): a random ViT (width ``hidden``, ``layers`` blocks) and a text
         tower that is a copy of ``text_encoder`` (a ``CLIPTextModel``, e.g. the backbone's: the analogue of
         CLIP's pretrained text tower) or, without one, a random one of the same width and depth."""
@@ -144,11 +148,11 @@ class StepAwarePreferenceModel(nn.Module):
                 clip.text_model.float()
             what = "backbone-text" if text_encoder is not None else "random-text"
             return cls(clip, tokenizer, base="tiny-clip", base_checkpoint=f"tiny-clip/{what}/seed{seed}",
-                       guidance_scale=guidance_scale)
+                       guidance_scale=guidance_scale, antialias=antialias)
 
     @classmethod
     def from_pickscore(cls, *, weights_dir: str | Path | None = None, guidance_scale: float = 5.0,
-                       allow_download: bool | None = None) -> StepAwarePreferenceModel:
+                       allow_download: bool | None = None, antialias: bool = False) -> StepAwarePreferenceModel:
         """SPM initialised from PickScore_v1 (official), resolved offline exactly as the PickScore metric
         (``lpo_bench.metrics.pickscore``: pinned revisions, tokenizer from the LAION CLIP-H repo)."""
         import transformers
@@ -163,7 +167,7 @@ class StepAwarePreferenceModel(nn.Module):
         check_vocab(len(tok), CLIP_VOCAB_SIZE, str(processor_dir))
         tok.model_max_length = 77
         return cls(clip, tok, base="pickscore", base_checkpoint=f"{PICKSCORE_MODEL.ref}+{LAION_H14_PROCESSOR.ref}",
-                   guidance_scale=guidance_scale)
+                   guidance_scale=guidance_scale, antialias=antialias)
 
     def attach(self, bundle: ModelBundle) -> StepAwarePreferenceModel:
         """Use ``bundle`` (its UNet with CFG and its VAE) to turn noisy latents into x̂0 images."""
@@ -183,7 +187,7 @@ class StepAwarePreferenceModel(nn.Module):
         self.tokenizer.save_pretrained(str(out / "tokenizer"))
         cfg = {"id": self.id, "version": self.version, "base": self.base, "base_checkpoint": self.base_checkpoint,
                "image_size": self.image_size, "freq_dim": self.t_embedder.freq_dim,
-               "guidance_scale": self.guidance_scale}
+               "guidance_scale": self.guidance_scale, "antialias": self.antialias}
         (out / "spm_config.json").write_text(json.dumps(cfg, indent=2))
         return out
 
@@ -211,8 +215,9 @@ class StepAwarePreferenceModel(nn.Module):
             tok = CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
             if len(tok) != clip_cfg.text_config.vocab_size:
                 raise ValueError(f"tokenizer has {len(tok)} tokens, the text tower {clip_cfg.text_config.vocab_size}")
+            # a directory saved before the switch existed was trained with the antialiased resize
             model = cls(clip, tok, base=cfg["base"], base_checkpoint=cfg["base_checkpoint"], freq_dim=cfg["freq_dim"],
-                        guidance_scale=cfg["guidance_scale"])
+                        guidance_scale=cfg["guidance_scale"], antialias=bool(cfg.get("antialias", True)))
             model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         except Exception as exc:
             raise HarnessError(f"could not load the SPM at {path}: {type(exc).__name__}: "
@@ -222,16 +227,20 @@ class StepAwarePreferenceModel(nn.Module):
 
     # ------------------------------------------------------------------ features
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """images [b,3,H,W] in [0,1] -> normalised pixel values [b,3,S,S] (S = image_size)."""
+        """images [b,3,H,W] in [0,1] -> normalised pixel values [b,3,S,S] (S = image_size).
+
+        As the official ``get_preference_score``: bicubic resize (``align_corners=False``; antialias only with
+        ``self.antialias``) of the short side to S, new size ``int(side · S / short + 0.5)``, centre crop with
+        torchvision's offsets ``int(round((side - S) / 2))``, clamp to [0, 1], CLIP mean/std."""
         s = self.image_size
         x = images.to(self.pixel_mean.device, torch.float32)
         h, w = x.shape[-2:]
         if min(h, w) != s:
             scale = s / min(h, w)
-            x = F.interpolate(x, size=(max(s, round(h * scale)), max(s, round(w * scale))), mode="bicubic",
-                              align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(int(h * scale + 0.5), int(w * scale + 0.5)), mode="bicubic",
+                              align_corners=False, antialias=self.antialias)
         h, w = x.shape[-2:]
-        top, left = (h - s) // 2, (w - s) // 2
+        top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
         x = x[..., top : top + s, left : left + s].clamp(0, 1)
         return (x - self.pixel_mean) / self.pixel_std
 

@@ -27,19 +27,25 @@ class SPMConfig:
     weight_decay: float = field(default=0.3, metadata={
         "help": "AdamW weight decay (official 0.3)", "valid": Range(ge=0)})
     warmup_updates: int = field(default=500, metadata={
-        "help": "Linear warmup updates (official 500)", "valid": Range(ge=0)})
+        "help": "Warmup updates (official 500; shape: lr_warmup_shape)", "valid": Range(ge=0)})
+    lr_warmup_shape: Literal["log", "linear"] = field(default="log", metadata={
+        "help": "log: the official DeepSpeed WarmupDecayLR (log-shaped warmup, update 0 at the peak, the schedule "
+                "one update behind); linear: peak*(u+1)/warmup, then the same linear decay"})
     max_updates: int = field(default=8000, metadata={
         "help": "Updates on noisy pairs (official 8000 SD1.5, 7000 SDXL)", "valid": Range(ge=1)})
-    lr_decay_updates: int = field(default=32000, metadata={
-        "help": "Update at which the linear decay would reach 0 (official: max steps × 4 processes, so the "
-                "LR only falls to ≈0.76× peak by the end)", "valid": Range(ge=1)})
+    lr_decay_updates: int = field(default=8000, metadata={
+        "help": "Noisy update at which the linear decay reaches 0 (official: max_updates; the official script passes "
+                "max_steps x processes and accelerate divides it by the processes again)", "valid": Range(ge=1)})
     clean_warmup_updates: int = field(default=0, metadata={
         "help": "Extra first updates on clean pair images at t=0 (no UNet/VAE); toy only",
         "valid": Range(ge=0)})
     batch_pairs: int = field(default=64, metadata={
-        "help": "Pairs per update (official 16 × 4 GPUs = 64)", "valid": Range(ge=1)})
+        "help": "Pairs per update, global: split over the processes (official 16 × 4 GPUs = 64)",
+        "valid": Range(ge=1)})
     micro_batch_pairs: int = field(default=16, metadata={
-        "help": "Pairs per forward/backward (exact accumulation)", "valid": Range(ge=1)})
+        "help": "Pairs per forward/backward on one process (exact accumulation)", "valid": Range(ge=1)})
+    antialias: bool = field(default=False, metadata={
+        "help": "Antialias the bicubic resize to the SPM's input size (official: no antialias)"})
     grad_clip_norm: float = field(default=1.0, metadata={
         "help": "Max gradient norm (0 disables); really clips", "valid": Range(ge=0)})
     guidance_scale: float = field(default=5.0, metadata={
@@ -50,8 +56,11 @@ class SPMConfig:
         "help": "Validation pairs per timestep (ties dropped)", "valid": Range(ge=1)})
     val_timesteps: tuple[int, ...] = field(default=(0, 251, 501, 701, 951), metadata={
         "help": "Timesteps of the validation pairwise accuracy (official)", "valid": Range(ge=0, lt=1000)})
+    num_workers: int = field(default=0, metadata={
+        "help": "DataLoader workers decoding each update's pair images ahead (0: in the training process)",
+        "valid": Range(ge=0)})
     encode_batch: int = field(default=32, metadata={
-        "help": "VAE encode batch when caching latents", "valid": Range(ge=1)})
+        "help": "VAE encode batch of the validation pairs", "valid": Range(ge=1)})
 
     # micro_batch_pairs > batch_pairs is fine: an update is then one micro-batch (the quick presets do it)
     CHECKS: ClassVar[tuple[Check, ...]] = (

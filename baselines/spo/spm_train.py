@@ -1,18 +1,24 @@
-"""SPM training (RockeyCoss/SPO@27a8642 step_aware_preference_model/trainer/): run by the harness loop in
-lpo_bench.reward_training (all time RM_TRAIN), standalone (``lpo-bench train-reward --kind spm``) or as
-SPO's first stage.
+"""SPM training (RockeyCoss/SPO@27a8642 step_aware_preference_model/trainer/): run by the harness loop (all time
+RM_TRAIN), standalone (``lpo-bench train-reward --kind spm``) or as SPO's first stage.
 
 Per pair: one t ~ U{0..T-1}; both images' VAE posteriors are sampled and noised with the SAME ε at t;
 the frozen base UNet predicts the CFG-guided ε̂ (scale 5); x̂0 is VAE-decoded and scored by the SPM at
 t. Loss: PickScore's 2-way cross-entropy with soft labels (ties ½/½, shifted so a perfect tie costs
-0), each pair weighted by 1/(pairs of its prompt), weights normalised in the batch. AdamW with linear
-warmup then linear decay; the gradient norm is really clipped.
+0), each pair weighted by 1/(pairs of its prompt), weights normalised over the global batch. AdamW with the
+official DeepSpeed warmup (log-shaped) then linear decay reaching 0 at ``lr_decay_updates``; the gradient norm is
+really clipped.
+
+Data: the training split is opened lazily (metadata only); each update decodes and VAE-encodes only its own pairs.
+Data parallel as the LRM trainer: ``batch_pairs`` is the global batch, its rows are the same on every process, each
+process takes a contiguous slice in micro-batches, each pair's t, posterior samples and ε come from a generator
+keyed by (seed, update, position in the global batch), gradients are summed over processes, so P processes make
+one process's update and each does 1/P of the work (the ledger's GPU-hours are per-device time x devices).
 
 ``clean_warmup_updates`` (toy only; 0 for the real presets, whose PickScore base is already a clean
 scorer) first trains that many updates on the raw, clean pair images at t = 0, without UNet or VAE.
 
-Counters per update: ``unet_fwd`` (4 per pair: 2 images × CFG), ``vae_decode`` (2 per pair),
-``reward_fwdbwd`` (2 per pair); setup: ``vae_encode``.
+Counters per update and process: ``vae_encode`` (2 per pair), ``unet_fwd`` (4 per pair: 2 images × CFG),
+``vae_decode`` (2 per pair), ``reward_fwdbwd`` (2 per pair).
 """
 
 from __future__ import annotations
@@ -20,24 +26,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from lpo_bench.analysis import stats
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, predicted_clean_images
 from lpo_bench.baselines.spo.spm_config import SPMConfig
-from lpo_bench.data.pairs import load_pairs
+from lpo_bench.data.global_batch import LocalChunk, RankBatches
+from lpo_bench.data.pairs import load_pairs, open_pairs
 from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
-from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, warmup_linear_decay
+from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, reward_model_lr
 
 
 def lr_at(step: int, cfg: SPMConfig) -> float:
-    """Linear warmup to cfg.lr, then linear decay reaching 0 at lr_decay_updates (counted in noisy updates)."""
-    return warmup_linear_decay(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.lr_decay_updates)
+    """The noisy stage's learning rate (``step`` counted in noisy updates): warmup to cfg.lr (shape
+    cfg.lr_warmup_shape), then linear decay reaching 0 at lr_decay_updates."""
+    return reward_model_lr(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.lr_decay_updates,
+                           warmup_shape=cfg.lr_warmup_shape)
 
 
 class SPMTrainer:
     kind: ClassVar[str] = "spm"
+    loss_scaling: ClassVar[bool] = True  # backward and clip + step go through ctx.precision (fp16 loss scaling)
 
     def setup(self, ctx: Any) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
@@ -46,49 +57,55 @@ class SPMTrainer:
         if not src:
             raise HarnessError("SPM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                                "make-pairs`, or a local Pick-a-Pic v1 copy), or give a trained SPM with --reward-model DIR")
-        self.train = load_pairs(src, "train", resolution=bundle.resolution, max_rows=cfg.max_train_pairs)
+        self.train = open_pairs(src, "train", max_rows=cfg.max_train_pairs)  # metadata only
         self.val = load_pairs(src, "val", resolution=bundle.resolution, drop_ties=True, max_rows=cfg.max_val_pairs)
         if cfg.base == "pickscore":
-            model = StepAwarePreferenceModel.from_pickscore(weights_dir=ctx.weights_dir, guidance_scale=cfg.guidance_scale)
+            model = StepAwarePreferenceModel.from_pickscore(weights_dir=ctx.weights_dir, guidance_scale=cfg.guidance_scale,
+                                                            antialias=cfg.antialias)
         else:
             model = StepAwarePreferenceModel.tiny(bundle.tokenizers[0], image_size=cfg.tiny_image_size,
                                                   hidden=cfg.tiny_hidden, layers=cfg.tiny_layers,
                                                   patch_size=cfg.tiny_patch_size, seed=ctx.seed,
                                                   guidance_scale=cfg.guidance_scale,
                                                   text_encoder=bundle.text_encoders[0] if cfg.tiny_text_from_backbone
-                                                  else None)
+                                                  else None, antialias=cfg.antialias)
         self.model = model.to(bundle.device).attach(bundle)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.post0 = self._encode(self.train.images_tensor(0))
-        self.post1 = self._encode(self.train.images_tensor(1))
-        self.label = torch.as_tensor(self.train.label_0, dtype=torch.float32)
-        self.weight = torch.as_tensor(self.train.weight, dtype=torch.float32)
-        self.gen = purpose_generator(ctx.seed, "spm-data")
+        self.label = torch.from_numpy(np.array(self.train.label_0, dtype=np.float32))  # a copy: arrow memory is read-only
+        self.weight = torch.from_numpy(np.array(self.train.weight, dtype=np.float64))
+        self.data = RankBatches(self.train, batch_pairs=cfg.batch_pairs, micro_batch_pairs=cfg.micro_batch_pairs,
+                                updates=cfg.clean_warmup_updates + cfg.max_updates, rank=ctx.rank,
+                                world_size=ctx.world_size, seed=ctx.seed, purpose="spm-batch",
+                                resolution=bundle.resolution, num_workers=cfg.num_workers)
         ctx.log(f"[spm] base {model.base_checkpoint}; {len(self.train)} training pairs, {len(self.val)} validation "
                 f"pairs; {cfg.clean_warmup_updates} clean + {cfg.max_updates} noisy updates")
 
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.ctx.ledger.count("vae_encode", len(images))
-        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
+        with torch.no_grad():
+            return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
 
-    def _noisy_images(self, idx: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded CFG x̂0 of both images of each pair, noised with one shared ε at t."""
-        b, ledger = self.ctx.bundle, self.ctx.ledger
-        n, dev = len(idx), b.device
-        lat = []
-        for mean, std in (self.post0, self.post1):
-            z = torch.randn(mean[idx].shape, generator=self.gen)
-            lat.append((mean[idx] + std[idx] * z) * b.scaling_factor)
-        eps = torch.randn(lat[0].shape, generator=self.gen)
-        x = torch.cat([b.scheduler.add_noise(lt, eps, t) for lt in lat]).to(dev, b.dtype)
+    def _noisy_images(self, step: int, chunk: LocalChunk, caps: list[str]) -> tuple[torch.Tensor, ...]:
+        """(decoded CFG x̂0 of images 0, of images 1, t) [m]: per pair, from its own generator, t ~ U{0..T-1}, a
+        posterior sample of each image and one ε shared by both (official)."""
+        b = self.ctx.bundle
+        m, dev = len(chunk.rows), b.device
+        mean, std = self._encode(torch.cat([chunk.images_0, chunk.images_1]))
+        t = torch.empty(m, dtype=torch.long)
+        z = torch.empty(3, m, *mean.shape[1:])  # posterior draw 0, 1; shared noise
+        for i, pos in enumerate(chunk.positions.tolist()):
+            g = purpose_generator(self.ctx.seed, "spm-pair", step, pos)
+            t[i] = torch.randint(0, b.num_train_timesteps, (1,), generator=g)
+            z[:, i] = torch.randn((3, *mean.shape[1:]), generator=g)
+        lat = [(mean[:m] + std[:m] * z[0]) * b.scaling_factor, (mean[m:] + std[m:] * z[1]) * b.scaling_factor]
+        x = torch.cat([b.scheduler.add_noise(lt, z[2], t) for lt in lat]).to(dev, b.dtype)
         tt = torch.cat([t, t]).to(dev)
-        caps = [self.train.captions[i] for i in idx.tolist()]
-        cond, uncond = b.encode_prompts(caps + caps), b.encode_negative(2 * n)
+        cond, uncond = b.encode_prompts(caps + caps), b.encode_negative(2 * m)
         images = predicted_clean_images(b, x, tt, cond, uncond, self.cfg.guidance_scale)
-        ledger.count("unet_fwd", 2 * 2 * n if self.cfg.guidance_scale != 1 else 2 * n)
-        ledger.count("vae_decode", 2 * n)
-        return images[:n], images[n:]
+        self.ctx.ledger.count("unet_fwd", 2 * 2 * m if self.cfg.guidance_scale != 1 else 2 * m)
+        self.ctx.ledger.count("vae_decode", 2 * m)
+        return images[:m], images[m:], t
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -98,39 +115,42 @@ class SPMTrainer:
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_updates, 1)) if clean else lr_at(noisy_step, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        n = len(self.label)
-        idx = torch.randint(0, n, (min(cfg.batch_pairs, n),), generator=self.gen)
-        w_sum = float(self.weight[idx].sum())
+        w_total = float(self.weight[self.data.global_indices(step)].sum())  # Σ w over the global batch
         self.model.train()
-        loss_sum, correct, decided = 0.0, 0.0, 0.0
-        for chunk in idx.split(cfg.micro_batch_pairs):
-            m = len(chunk)
+        self.opt.zero_grad(set_to_none=True)
+        dev = self.model.pixel_mean.device
+        sums = torch.zeros(3, dtype=torch.float64)  # Σ w ℓ, correct, decided (this process)
+        for chunk in self.data.local(step):
+            m = len(chunk.rows)
+            if not m:
+                continue
+            caps = [self.train.captions[i] for i in chunk.rows.tolist()]
             if clean:
                 t = torch.zeros(m, dtype=torch.long)
-                img0, img1 = self.train.images_tensor(0, chunk.numpy()), self.train.images_tensor(1, chunk.numpy())
+                img0, img1 = chunk.images_0, chunk.images_1
             else:
-                t = torch.randint(0, self.ctx.bundle.num_train_timesteps, (m,), generator=self.gen)
-                img0, img1 = self._noisy_images(chunk, t)
-            dev = self.model.pixel_mean.device
-            text = self.model.text_features([self.train.captions[i] for i in chunk.tolist()])
+                img0, img1, t = self._noisy_images(step, chunk, caps)
+            text = self.model.text_features(caps)
             s = self.model.score_images(torch.cat([img0, img1]), torch.cat([t, t]).to(dev), torch.cat([text, text]))
             self.ctx.ledger.count("reward_fwdbwd", 2 * m)
             s0, s1 = s.chunk(2)
-            lab, w = self.label[chunk].to(dev), self.weight[chunk].to(dev)
+            lab, w = self.label[chunk.rows].to(dev), self.weight[chunk.rows].to(dev, torch.float32)
             per = pair_ce_per_pair(s0, s1, lab)  # PickScore's cross-entropy, the LRM's too
-            ((per * w).sum() / w_sum).backward()
-            loss_sum += float((per.detach() * w).sum())
+            self.ctx.precision.backward((per * w).sum() / w_total)  # loss-scaled under fp16
             with torch.no_grad():
                 win = ((s0 > s1) & (lab == 1)) | ((s0 < s1) & (lab == 0))
-                correct += float(win.sum())
-                decided += float((lab != 0.5).sum())
-        max_norm = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.opt.step()
+                sums += torch.stack([(per.detach() * w).sum().double().cpu(), win.sum().double().cpu(),
+                                     (lab != 0.5).sum().double().cpu()])
+        self.ctx.dist.sum_grads_(self.params)  # the global batch's gradient on every process
+        gnorm = self.ctx.precision.clip_and_step(self.opt, self.params, cfg.grad_clip_norm)  # clip (0: off), step
         self.opt.zero_grad(set_to_none=True)
         self.model.eval()
-        return {"loss": loss_sum / w_sum, "acc": correct / max(decided, 1.0), "grad_norm": float(gnorm), "lr": lr,
-                "logit_scale": float(self.model.clip.logit_scale.detach().exp()), "clean": float(clean)}
+        sums = sums.to(dev)
+        self.ctx.dist.reduce_([sums], "sum")
+        loss_sum, correct, decided = sums.tolist()
+        return {"loss": loss_sum / w_total, "acc": correct / max(decided, 1.0), "grad_norm": float(gnorm), "lr": lr,
+                "logit_scale": float(self.model.clip.logit_scale.detach().exp()), "clean": float(clean),
+                "pairs": float(cfg.batch_pairs)}
 
     def total_updates(self) -> int:
         return self.cfg.clean_warmup_updates + self.cfg.max_updates
@@ -176,10 +196,10 @@ class SPMTrainer:
         return self.model.save(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
+        """Weights and optimiser; the data order is a function of the update number (nothing else to keep)."""
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+                "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)
         self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])

@@ -182,7 +182,7 @@ def cost_section(costs: list[RunCost], reference: str, published: Any, mixed: bo
         Table("cost", titled("Cost per method: median over seeds (min–max), GPU-hours", mixed), pd.DataFrame(rows),
               pd.DataFrame(show), note=f"Phase columns are medians of each phase over seeds, so they need not add "
               f"up to the median total. RM training includes the pair-scoring run behind the reward model's data "
-              f"filter where one was used (the LPO paper leaves that cost out). Speed-up of {reference} = method's cost / {reference}'s cost (above 1: "
+              f"filter where one was used (published headlines leave that cost out). Speed-up of {reference} = method's cost / {reference}'s cost (above 1: "
               f"{reference} was cheaper)."),
         Table("cost_by_run", titled("Cost per run, GPU-hours", mixed), per_run),
     ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from lpo_bench.analysis import stats
 from lpo_bench.analysis.grids import image_grid
+from lpo_bench.analysis.released import released_table
 from lpo_bench.analysis.render import Section, Table, fmt_ci, published_table, slug, titled
 from lpo_bench.analysis.runs import Run, to_float
 
@@ -154,6 +155,9 @@ def quality_section(eval_runs: list[Run], published: Any, mixed: bool, out: Path
         measured = {(str(m), str(c)) for m, c in zip(ev.get("metric", []), ev.get("category", []), strict=True)}
         for pt in published.matching("quality", bb_id, suite):
             sec.blocks.append(published_table(pt, published, measured=measured))
+        rel = released_table(runs, published, suite, tag)  # released models beside their published rows
+        if rel is not None:
+            sec.blocks.append(rel)
         grid = image_grid(runs, out, tag, mixed, notes)
         if grid is not None:
             sec.blocks.append(grid)

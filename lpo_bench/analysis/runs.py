@@ -83,6 +83,9 @@ class Run:
         tr = spec.get("train_run") or {}
         if spec.get("kind") == "base":
             return "base", f"base ({self.backbone})", None
+        if spec.get("kind") == "released":  # released:<name>, its own row in every table
+            name = str((spec.get("released") or {}).get("name") or self.run_id)
+            return name, name, None
         if tr.get("method"):
             seed = tr.get("seed")
             return str(tr["method"]), f"{tr['method']} s{seed} ({tr.get('run_id', '')})", seed

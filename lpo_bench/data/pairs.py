@@ -1,12 +1,15 @@
 """Preference pairs in the Pick-a-Pic schema, from toy pairs or a local Pick-a-Pic copy.
 
-Every method reads pairs through :func:`load_pairs`, whatever their origin. A source is a
-directory holding ``<split>.parquet`` (toy pairs, written by ``lpo-bench toy make-pairs``) or
-parquet shards ``<split>-*.parquet`` / ``<split>/*.parquet`` (a local copy of the Hugging Face
-``yuvalkirstain/pickapic_v1`` or ``_v2`` dataset). Columns used: ``caption``, ``jpg_0``, ``jpg_1``
-(encoded image bytes), ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and, when present,
-``num_example_per_prompt`` and the MPCF gap columns ``aesthetic_gap``, ``clipscore_gap``,
-``vqascore_gap``, ``different_flag``.
+Every method reads pairs through one path, whatever their origin: :func:`open_pairs` (defined in
+``lpo_bench.data.stream``) opens a split lazily, with metadata in RAM and images decoded per batch, so memory is
+flat in the dataset size; :func:`load_pairs` decodes a small split whole (held-out sets, tests) on top of it.
+A source is a directory holding ``<split>.parquet`` (toy pairs, written by ``lpo-bench toy make-pairs``), parquet
+shards ``<split>-*.parquet`` / ``<split>/*.parquet`` / ``data/<split>-*.parquet`` (a local copy of the Hugging
+Face ``yuvalkirstain/pickapic_v1`` or ``_v2`` dataset), or a ``datasets`` ``save_to_disk`` copy
+(``<split>/*.arrow``); ``val`` and ``validation`` name the same split. Columns used: ``caption``, ``jpg_0``,
+``jpg_1`` (encoded image bytes), ``label_0`` (1: image 0 preferred, 0: image 1, 0.5: tie) and, when present,
+``has_label`` (rows without a human label are dropped, uncounted), ``num_example_per_prompt`` and the MPCF gap
+columns ``aesthetic_gap``, ``clipscore_gap``, ``vqascore_gap``, ``different_flag``.
 
 Broken rows (undecodable images, missing captions, labels outside {0, 0.5, 1}) are skipped and
 counted; past ``max_bad_frac`` the load is refused with a HarnessError.
@@ -22,10 +25,22 @@ from typing import Any
 
 import numpy as np
 
+from lpo_bench.data.stream import (
+    VALID_LABELS,
+    PairBatch,
+    PairIndex,
+    decode_image,
+    open_pairs,
+    split_files,
+)
 from lpo_bench.errors import HarnessError
 
+__all__ = ["GAP_COLUMNS", "VALID_LABELS", "PairBatch", "PairIndex", "PairSet", "compute_gap_columns", "encode_png",
+           "gap_columns", "load_pairs", "open_pairs", "split_files"]
+
 GAP_COLUMNS = ("aesthetic_gap", "clipscore_gap", "vqascore_gap")
-VALID_LABELS = (0.0, 0.5, 1.0)
+_split_files = split_files  # the name lpo_bench.data.suites imports
+_decode = decode_image
 
 
 @dataclass
@@ -72,28 +87,6 @@ def encode_png(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _decode(data: Any, resolution: int | None) -> np.ndarray:
-    from PIL import Image
-
-    if isinstance(data, dict):  # HF datasets Image feature stored as {"bytes":..., "path":...}
-        data = data.get("bytes")
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if resolution is not None and img.size != (resolution, resolution):
-        img = img.resize((resolution, resolution), Image.BILINEAR)  # no aspect preservation, as the official LRM trainer
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _split_files(source: Path, split: str) -> list[Path]:
-    if source.is_file():
-        return [source]
-    cands = [source / f"{split}.parquet", *sorted(source.glob(f"{split}-*.parquet"))]
-    if (source / split).is_dir():
-        cands += sorted((source / split).glob("*.parquet"))
-    if (source / "data").is_dir():  # the layout of a Hugging Face dataset snapshot
-        cands += sorted((source / "data").glob(f"{split}-*.parquet"))
-    return [p for p in cands if p.exists()]
-
-
 def load_pairs(
     source: str | Path,
     split: str,
@@ -103,65 +96,35 @@ def load_pairs(
     max_bad_frac: float = 0.05,
     drop_ties: bool = False,
 ) -> PairSet:
-    """Load and validate one split of preference pairs (see module docstring)."""
-    import pandas as pd
+    """Load, validate and decode one split of preference pairs whole (small splits; see module docstring).
 
-    source = Path(source)
-    if not source.exists():
-        raise HarnessError(f"preference data {source} does not exist; create toy pairs with `lpo-bench toy "
-                           f"make-pairs --out {source}` or pass a local Pick-a-Pic copy")
-    files = _split_files(source, split)
-    if not files:
-        raise HarnessError(f"no '{split}' split in {source} (looked for {split}.parquet, {split}-*.parquet, "
-                           f"{split}/*.parquet); pass the directory that holds it")
-    try:
-        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    except Exception as exc:
-        raise HarnessError(f"could not read {files[0]}: {type(exc).__name__}; the file is corrupt or not parquet") from None
-    missing = [c for c in ("caption", "jpg_0", "jpg_1", "label_0") if c not in df.columns]
-    if missing:
-        raise HarnessError(f"{source} split {split} lacks columns {missing}; expected the Pick-a-Pic schema")
-    if max_rows is not None:
-        df = df.iloc[:max_rows]
-    caps, im0, im1, lab, keep = [], [], [], [], []
-    for i, row in enumerate(df.itertuples(index=False)):
-        try:
-            cap = row.caption
-            label = float(row.label_0)
-            if not isinstance(cap, str) or label not in VALID_LABELS:
-                raise ValueError("bad caption or label")
-            if drop_ties and label == 0.5:
-                continue
-            a, b = _decode(row.jpg_0, resolution), _decode(row.jpg_1, resolution)
-            if a.shape != b.shape:
-                raise ValueError("image sizes differ")
-        except Exception:
-            continue
-        caps.append(cap)
-        im0.append(a)
-        im1.append(b)
-        lab.append(label)
-        keep.append(i)
-    n_total = len(df) if not drop_ties else len(df) - int((pd.to_numeric(df["label_0"], errors="coerce") == 0.5).sum())
-    skipped = max(n_total - len(keep), 0)
-    if n_total == 0 or not keep:
+    The same rows as :func:`open_pairs`, minus pairs whose images do not decode; those count as skipped."""
+    index = open_pairs(source, split, max_rows=max_rows, drop_ties=drop_ties, max_bad_frac=max_bad_frac)
+    ds = index._dataset(np.arange(len(index)), 256, resolution)
+    ok: list[int] = []
+    im0: list[np.ndarray] = []
+    im1: list[np.ndarray] = []
+    for k in range(len(ds)):
+        o, a, b, _ = ds.decode(k)
+        ok += o
+        im0 += a
+        im1 += b
+    n_total = len(index) + index.skipped
+    skipped = n_total - len(ok)
+    if not ok:
         raise HarnessError(f"{source} split {split} has no usable pairs ({skipped} bad rows); check the data")
     if skipped / n_total > max_bad_frac:
         raise HarnessError(f"{skipped} of {n_total} pairs in {source} split {split} are broken (missing/corrupt images "
                            f"or invalid labels), above the {max_bad_frac:.0%} threshold; repair or re-download the data")
-    kept = df.iloc[keep].reset_index(drop=True)
-    if "num_example_per_prompt" in kept.columns:
-        m = pd.to_numeric(kept["num_example_per_prompt"], errors="coerce").fillna(1).clip(lower=1).to_numpy()
-    else:
-        m = kept.groupby("caption")["caption"].transform("count").to_numpy()
-    weight = 1.0 / m.astype(np.float64)
-    extra = kept.drop(columns=["jpg_0", "jpg_1"])
-    # the run identity's manifest hash of this split's shards (footers, not the multi-GB row data)
-    from lpo_bench.harness.identity import files_manifest_sha256
-
-    digest = files_manifest_sha256(source if source.is_dir() else source.parent, [Path(f) for f in files])
-    return PairSet(caps, np.stack(im0), np.stack(im1), np.asarray(lab, dtype=np.float64), weight, extra, skipped,
-                   str(source), digest)
+    if len({a.shape for a in im0} | {b.shape for b in im1}) > 1:
+        raise HarnessError(f"{source} split {split} has images of different sizes; pass a resolution to resize them")
+    kept = index.subset(np.asarray(ok, dtype=np.int64))
+    extra = kept.extra
+    weight = kept.weight
+    if "num_example_per_prompt" not in extra.columns:  # per-caption counts over the pairs that decoded
+        weight = 1.0 / extra.groupby("caption")["caption"].transform("count").to_numpy().astype(np.float64)
+    return PairSet(kept.captions, np.stack(im0), np.stack(im1), kept.label_0, weight, extra, skipped,
+                   kept.source, kept.sha256)
 
 
 # ---------------------------------------------------------------------------- gap columns

@@ -1,5 +1,6 @@
 """What ``lpo-bench eval --model`` names, resolved into a bundle: ``base:<backbone>``, a finished train run
-(its ``export/``), a LoRA directory or a fully fine-tuned UNet directory."""
+(its ``export/``), a LoRA directory, a fully fine-tuned UNet directory, or ``released:<name>`` (a released UNet
+of ``registry.RELEASED``, imported strictly from its official layout)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ TRAIN_RUN_FIELDS = ("run_id", "method", "method_role", "method_version", "config
 class ModelSpec:
     """A resolved ``--model``: the backbone, and the LoRA or UNet weights put into it (none for a base model)."""
 
-    kind: str  # "base" | "train-run" | "lora" | "unet"
+    kind: str  # "base" | "train-run" | "lora" | "unet" | "released"
     backbone: str
     tag: str  # readable prefix of the eval run id
     lora_path: str | None = None
     unet_path: str | None = None  # a fully fine-tuned UNet (diffusers layout) instead of a LoRA
     weights_sha256: str | None = None  # of the LoRA or UNet weights
     train_run: dict[str, Any] | None = None  # run.json of the train run
+    released: dict[str, Any] | None = None  # provenance of a released UNet (lpo_bench.models.released)
 
     def identity(self) -> dict[str, Any]:
         """What decides the model's outputs (hashed into the eval run id); paths are left out."""
@@ -37,6 +39,8 @@ class ModelSpec:
             d["unet_sha256" if self.unet_path else "lora_sha256"] = self.weights_sha256
         if self.train_run is not None:
             d["train_run"] = {k: self.train_run.get(k) for k in TRAIN_RUN_FIELDS}
+        if self.released is not None:
+            d["released"] = self.released
         return d
 
 
@@ -73,8 +77,15 @@ def _weights(kind: str, backbone: str, tag: str, path: Path, train_run: dict[str
     return ModelSpec(kind, backbone, tag, lora_path=str(path), weights_sha256=_lora_sha256(path), train_run=train_run)
 
 
-def resolve_model(model: str, backbone: str | None = None) -> ModelSpec:
-    """Parse ``--model``: ``base:<backbone>``, a train run directory, or a LoRA / UNet path (needs ``backbone``)."""
+def resolve_model(model: str, backbone: str | None = None, *, weights_dir: str | Path | None = None) -> ModelSpec:
+    """Parse ``--model``: ``base:<backbone>``, ``released:<name>`` (its files located in ``weights_dir`` and
+    hashed), a train run directory, or a LoRA / UNet path (needs ``backbone``)."""
+    from lpo_bench.models import released
+
+    if released.is_released(model):
+        r = released.resolve_released(model, kind=released.UNET, backbone=backbone, weights_dir=weights_dir)
+        return ModelSpec("released", r.entry.backbone, f"released-{r.entry.name}", weights_sha256=r.sha256,
+                         released=r.provenance())
     if model.startswith("base:"):
         bb = registry.check_name("backbone", model[len("base:"):])
         if backbone is not None and backbone != bb:
@@ -115,6 +126,13 @@ def load_model(spec: ModelSpec, *, weights_dir: str | Path | None, device: str, 
         from lpo_bench.models.load import load_bundle
 
         bundle = load_bundle(spec.backbone, weights_dir=weights_dir, device=device)
+    if spec.released is not None:
+        from lpo_bench.models import released
+
+        r = released.resolve_released(spec.released["name"], kind=released.UNET, weights_dir=weights_dir)
+        if r.sha256 != spec.weights_sha256:
+            raise HarnessError(f"the files of {spec.released['name']} changed since they were resolved; run again")
+        bundle.unet = released.load_unet(r, bundle, device=device)
     if spec.unet_path is not None:
         from diffusers import UNet2DConditionModel
 

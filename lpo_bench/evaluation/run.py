@@ -46,7 +46,7 @@ def eval_run(
     ipp = int(images_per_prompt or s.images_per_prompt)
     if ipp < 1:
         raise HarnessError(f"--images-per-prompt must be >= 1, got {ipp}")
-    spec = resolve_model(model, backbone)
+    spec = resolve_model(model, backbone, weights_dir=weights_dir)
     split_used = s.split_name(split)
     inputs = s.inputs_sha256(items, ipp)
     identity = {"kind": "eval", "model": spec.identity(), "suite": s.name, "suite_version": s.version,

@@ -221,12 +221,14 @@ def plot_accuracy(measurements: Any, path: Path, title: str = "Step-level reward
 # ---------------------------------------------------------------------------- reward model directories
 @dataclass(frozen=True)
 class RewardModelDir:
-    """A saved step reward model: its directory, registered spec, content hash and name in the rows."""
+    """A saved step reward model: its directory, registered spec, content hash and name in the rows; or a
+    ``released:<name>`` model (``released``: its resolved files, imported from the official layout)."""
 
     path: Path
     spec: Any  # lpo_bench.harness.spec.StepRewardModelSpec
     sha256: str
     name: str
+    released: Any = None  # lpo_bench.models.released.ResolvedRelease
 
 
 def reward_model_spec_of(path: Path) -> Any:
@@ -250,17 +252,25 @@ def reward_model_spec_of(path: Path) -> Any:
     return found[0]
 
 
-def reward_model_dirs(paths: Sequence[str | Path]) -> list[RewardModelDir]:
-    """Kind and content hash of each directory; a kind passed more than once is named ``<kind>@<sha[:8]>``."""
+def reward_model_dirs(paths: Sequence[str | Path], *, backbone: str | None = None,
+                      weights_dir: str | Path | None = None) -> list[RewardModelDir]:
+    """Kind and content hash of each directory (or ``released:<name>``, located in ``weights_dir`` and checked
+    against ``backbone``); a kind passed more than once is named ``<kind>@<sha[:8]>``."""
     from lpo_bench.harness.identity import dir_sha256
+    from lpo_bench.models import released
 
-    found = [(Path(p), reward_model_spec_of(Path(p))) for p in paths]
-    shas = [dir_sha256(p) for p, _ in found]
+    rel = {str(p): released.resolve_released(str(p), kind=released.STEP_REWARD_MODEL, backbone=backbone,
+                                             weights_dir=weights_dir) for p in paths if released.is_released(p)}
+    found = [(Path(p), registry.reward_model_spec(str(rel[str(p)].entry.reward_model)) if str(p) in rel
+              else reward_model_spec_of(Path(p))) for p in paths]
+    shas = [rel[str(p)].sha256 if str(p) in rel else dir_sha256(p) for p, _ in found]
     if len(set(shas)) < len(shas):
         raise HarnessError("the same reward model was passed twice with --reward-model; pass each model once")
     kinds = [spec.name for _, spec in found]
-    return [RewardModelDir(p, spec, sha, spec.name if kinds.count(spec.name) == 1 else f"{spec.name}@{sha[:8]}")
-            for (p, spec), sha in zip(found, shas, strict=True)]
+    names = [str(p) if str(p) in rel else spec.name if kinds.count(spec.name) == 1 else f"{spec.name}@{sha[:8]}"
+             for (p, spec), sha in zip(found, shas, strict=True)]
+    return [RewardModelDir(p, spec, sha, name, rel.get(str(p)))
+            for (p, spec), sha, name in zip(found, shas, names, strict=True)]
 
 
 def load_reward_model_view(rm: RewardModelDir, bundle: Any, device: str) -> AccuracyView:
@@ -270,10 +280,18 @@ def load_reward_model_view(rm: RewardModelDir, bundle: Any, device: str) -> Accu
     except (ModuleNotFoundError, AttributeError):
         raise HarnessError(f"--reward-model {rm.path} needs {rm.spec.model}, which this install does not have; "
                            f"install the full lpo-bench or drop that --reward-model") from None
-    model = cls.load(rm.path, bundle, device=device)
+    if rm.released is not None:
+        from lpo_bench.models import released
+
+        model = released.load_reward_model(rm.released, bundle, device=device)
+    else:
+        model = cls.load(rm.path, bundle, device=device)
     model.eval()
     prov = {"metric_id": rm.spec.name, "metric_version": str(getattr(cls, "version", "")),
             "checkpoint": str(rm.path), "sha256": rm.sha256}
+    if rm.released is not None:
+        e = rm.released.entry
+        prov.update(checkpoint=f"{e.ref}={e.repo_id}@{e.revision or 'unpinned'}", released=rm.released.provenance())
     return reward_model_view(rm.name, model, prov)
 
 
@@ -311,7 +329,7 @@ def step_accuracy_run(
     grid = sorted({int(t) for t in timesteps})
     if not grid:
         raise HarnessError("--timesteps is empty; pass e.g. 1,251,501,751,951")
-    rms = reward_model_dirs(reward_models)
+    rms = reward_model_dirs(reward_models, backbone=backbone, weights_dir=weights_dir)
     pairs = load_pairs(pairs_dir, "test", drop_ties=True)
     n = len(pairs) if max_pairs is None else min(len(pairs), int(max_pairs))
     if n < 1:

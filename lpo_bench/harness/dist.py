@@ -72,6 +72,36 @@ class Dist:
                 p.grad = torch.zeros_like(p)
         self.reduce_([p.grad for p in params], reduction)
 
+    def sum_grads_(self, params: list[Any], bucket_numel: int = 1 << 24) -> None:
+        """All-reduce (sum) gradients as one process holding every rank's data would have them: a parameter with a
+        gradient on any rank gets the sum (ranks without one add zeros); one with none anywhere keeps ``grad=None``
+        (AdamW then skips it, as in one process). Sums flattened buckets of <= ``bucket_numel`` elements."""
+        if self.world_size == 1:
+            return
+        import torch
+
+        has = torch.tensor([float(p.grad is not None) for p in params], device=self.accelerator.device)
+        self.reduce_([has], "sum")
+        grads = []
+        for p, n in zip(params, has.tolist(), strict=True):
+            if n > 0:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
+        buckets: list[list[Any]] = []
+        size = 0
+        for g in grads:  # consecutive gradients of one dtype, up to bucket_numel elements per bucket
+            if not buckets or g.dtype != buckets[-1][0].dtype or size + g.numel() > bucket_numel:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(g)
+            size += g.numel()
+        for bucket in buckets:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            self.reduce_([flat], "sum")
+            for b, part in zip(bucket, flat.split([b.numel() for b in bucket]), strict=True):
+                b.copy_(part.view_as(b))
+
     def gather_objects(self, objs: list[Any]) -> list[Any]:
         if self.world_size == 1:
             return list(objs)

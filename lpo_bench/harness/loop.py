@@ -4,14 +4,17 @@
 inside ``ledger.step`` (unclaimed time is UPDATE), a reward-model update inside ``ledger.phase(RM_TRAIN)``.
 After each update it checks the loss is finite, appends the logs to a JSONL train log (CHECKPOINT time: off
 the headline clock), checkpoints every N updates, evaluates on a GPU-second cadence, and stops at a budget of
-counted GPU-hours. Progress (updates, rate, pairs/s when the logs carry ``pairs``, latest loss) goes to a
-``lpo_bench.progress`` bar; its total is ``trainable.total_updates()`` when the trainable has that optional
-method, else unknown. Checkpoints hold tensors and plain values only and load with ``weights_only=True``, so a
-checkpoint copied from elsewhere cannot execute code.
+counted GPU-hours. Under a reduced ``precision`` (``LoopSettings.precision``) each ``train_step`` runs inside its
+autocast and the update's logs get its ``step_logs`` (fp16: loss scale, skipped update). Progress (updates,
+rate, pairs/s when the logs carry ``pairs``, latest loss) goes to a ``lpo_bench.progress`` bar; its total is
+``trainable.total_updates()`` when the trainable has that optional method, else unknown. Checkpoints hold tensors
+and plain values only and load with ``weights_only=True``, so a checkpoint copied from elsewhere cannot execute
+code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
@@ -30,15 +33,19 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass
 class Checkpointer:
-    """``checkpoint.pt`` of a run: {"step", "state", "rng", "ledger_totals"}; only the main process writes."""
+    """``checkpoint.pt`` of a run: {"step", "state", "rng", "ledger_totals"} (+ "precision": the fp16 loss scaler's
+    state, when there is one); only the main process writes."""
 
     path: Path
     write: bool = True
+    precision: Any = None  # lpo_bench.harness.precision.Precision
 
     def save(self, step: int, trainable: Any, ledger: Ledger) -> None:
         if self.write:
             state = {"step": step, "state": trainable.state_dict(), "rng": rng_state(),
                      "ledger_totals": ledger.totals_dict()}
+            if self.precision is not None and (amp := self.precision.state_dict()):
+                state["precision"] = amp
             records.atomic_torch_save(self.path, state)
 
     def exists(self) -> bool:
@@ -54,6 +61,8 @@ class Checkpointer:
             trainable.load_state_dict(state["state"])
             set_rng_state(state["rng"])
             ledger.rewind(state["ledger_totals"])
+            if self.precision is not None:
+                self.precision.load_state_dict(state.get("precision", {}))
         log(f"resumed {self.path.parent.name} at update {int(state['step'])}")
         return int(state["step"])
 
@@ -90,6 +99,7 @@ class LoopSettings:
     stop_after_updates: int | None = None  # simulate an interruption (tests)
     train_log: Path | None = None
     eval_every_gpu_s: float | None = None
+    precision: Any = None  # lpo_bench.harness.precision.Precision; None: fp32, no autocast
 
 
 @dataclass
@@ -139,12 +149,15 @@ def _updates(trainable: Any, ledger: Ledger, s: LoopSettings, bar: progress.Bar,
         if s.budget_gpu_h is not None and ledger.gpu_h(COUNTED) >= s.budget_gpu_h:
             log(f"[{s.label}] budget of {s.budget_gpu_h} GPU-h reached at update {step}")
             return LoopResult(step, False, True), logs
+        amp = s.precision.autocast() if s.precision is not None else contextlib.nullcontext()
         if s.phase is None:
-            with ledger.step(step):
+            with ledger.step(step), amp:
                 logs = trainable.train_step(step)
         else:
-            with ledger.phase(s.phase):
+            with ledger.phase(s.phase), amp:
                 logs = trainable.train_step(step)
+        if s.precision is not None and (amp_logs := s.precision.step_logs()):
+            logs = {**logs, **amp_logs}
         check_finite(logs, step, s.label, checkpointer.path.parent if checkpointer else None)
         step += 1
         if s.train_log is not None:

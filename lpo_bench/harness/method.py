@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from lpo_bench.harness.dist import Dist
+from lpo_bench.harness.precision import Precision
 from lpo_bench.ledger import Ledger
 
 C = TypeVar("C")
@@ -50,7 +51,14 @@ class PromptSource(Protocol):
 
 @dataclass
 class TrainContext(Generic[C]):
-    """What the harness hands a method (or a reward trainer) at setup."""
+    """What the harness hands a method (or a reward trainer) at setup.
+
+    ``precision``: the run's :class:`~lpo_bench.harness.precision.Precision` (fp32 unless ``--precision``): the
+    harness autocasts each update; a method calls ``ctx.precision.backward(loss)`` and
+    ``ctx.precision.clip_and_step(opt, params, max_norm)`` (needed for fp16's loss scaling) and
+    ``ctx.precision.cast_frozen(module)`` on frozen models it owns. ``gradient_checkpointing``: ``--grad-ckpt``,
+    already applied to ``bundle.unet`` by the harness (for models the method builds itself).
+    """
 
     bundle: Any  # lpo_bench.models.bundle.ModelBundle
     cfg: C
@@ -63,6 +71,8 @@ class TrainContext(Generic[C]):
     weights_dir: Path | None = None
     reward_model_dir: Path | None = None  # set by the harness when the spec has a reward stage
     log: Callable[[str], None] = print
+    precision: Precision = field(default_factory=Precision)
+    gradient_checkpointing: bool = False
 
     @property
     def device(self) -> Any:

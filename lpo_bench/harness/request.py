@@ -23,3 +23,5 @@ class RunRequest:
     device: str | None = None
     checkpoint_every_updates: int = 50
     stop_after_updates: int | None = None  # simulate an interruption (tests)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the updates, fp32 master weights (harness/precision.py)
+    gradient_checkpointing: bool = False  # recompute the UNet's block activations in the backward pass

@@ -1,7 +1,8 @@
 """``lpo-bench train-reward``: a step reward model trained as a run of its own, under ``runs/reward/<run_id>``.
 
 The same lifecycle (:class:`RunRecorder`) and loop (:func:`run_loop`, all time RM_TRAIN) as a policy run, so it
-has the same accelerator handling, CUDA-synced ledger, finite-loss check, checkpoints and ``--resume``. The model
+has the same accelerator handling, CUDA-synced ledger, finite-loss check, checkpoints, ``--resume`` and memory
+options (``--precision``, ``--grad-ckpt``: ``lpo_bench.harness.precision``). The model
 is written to ``<run>/model``; pass that directory to ``train --reward-model``.
 """
 
@@ -21,6 +22,7 @@ from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256
 from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
 from lpo_bench.harness.method import RunInputs, TrainContext
+from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import Phase, check_identity
@@ -44,14 +46,17 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
     stage = registry.reward_model_spec(registry.check_name("step-reward-model", req.kind))
     registry.check_name("backbone", req.backbone)
     cfg = reward_stage.stage_config(stage, req.backbone, config_file=req.config_file, overrides=req.overrides)
+    device = pick_device(req.device)
+    trainer_cls = registry.load_target(stage.trainer)
+    check_precision(req.precision, device, loss_scaling={stage.name: bool(getattr(trainer_cls, "loss_scaling", False))})
     if not req.pairs and req.backbone != "toy":
         raise HarnessError("--pairs is required: a toy pairs directory (`lpo-bench toy make-pairs`) or a local "
                            "Pick-a-Pic copy")
     pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
     inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs))
     identity = {"kind": "reward", "reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
-                "config": config_dict(cfg), "inputs": inputs.identity()}
-    device = pick_device(req.device)
+                "config": config_dict(cfg), "inputs": inputs.identity(), "precision": req.precision,
+                "gradient_checkpointing": req.gradient_checkpointing}
     dist = make_dist(device)
     with RunRecorder("reward", f"{stage.name}-{req.backbone}", identity, out_root=req.out_root, seed=req.seed,
                      run_id=req.run_id, overwrite=req.overwrite, resume=req.resume, dist=dist) as run:
@@ -63,32 +68,39 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
             seed_everything(req.seed)
             if bundle is None:
                 bundle = load_bundle(req.backbone, weights_dir=req.weights_dir, device=dist.device(device))
+            if req.gradient_checkpointing:
+                enable_gradient_checkpointing(bundle)
+        precision = Precision(req.precision, dist.device(device))
         ctx = TrainContext(bundle=bundle, cfg=cfg, seed=req.seed, ledger=ledger, run_dir=run.dir, inputs=inputs,
                            prompts=_NoPrompts(), dist=dist,
-                           weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log)
-        trainer = registry.load_target(stage.trainer)()
+                           weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log,
+                           precision=precision, gradient_checkpointing=req.gradient_checkpointing)
+        trainer = trainer_cls()
         with ledger.phase(Phase.RM_TRAIN):
             trainer.setup(ctx)
+            precision.cast_frozen_bundle(bundle)
+        ckpt.precision = precision
         step = ckpt.resume(trainer, ledger, resuming=run.resuming, log=log)
         with ledger.phase(Phase.CHECKPOINT):
             run.start({"reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
                        "config": config_dict(cfg), "config_hash": run.identity_sha256,
                        "inputs": {"pairs": str(inputs.pairs), "pairs_sha256": inputs.pairs_sha256},
-                       "model_dir": str(run.dir / "model")},
+                       "model_dir": str(run.dir / "model"), "precision": req.precision,
+                       "gradient_checkpointing": req.gradient_checkpointing},
                       bundle_provenance=bundle.provenance, backbone=req.backbone,
                       base_extra={"method": stage.name, "method_version": "1", "seed": req.seed,
                                   "config_hash": run.identity_sha256})
         run.keep_on_error = True
         settings = LoopSettings(label=stage.name, phase=Phase.RM_TRAIN, stop_after_updates=req.stop_after_updates,
                                 checkpoint_every_updates=max(1, req.checkpoint_every_updates),
-                                train_log=run.dir / "train_log.jsonl")
+                                train_log=run.dir / "train_log.jsonl", precision=precision)
         result = run_loop(trainer, ledger, settings, start_step=step, checkpointer=ckpt, write_logs=dist.is_main,
                           log=log)
         with ledger.phase(Phase.CHECKPOINT):
             ckpt.save(result.step, trainer, ledger)
         if result.interrupted:
             return run.dir
-        with ledger.phase(Phase.EVAL):
+        with ledger.phase(Phase.EVAL), precision.autocast():
             rows = trainer.validate()
         with ledger.phase(Phase.CHECKPOINT):
             if dist.is_main:

@@ -55,10 +55,39 @@ def train_stage(ctx: TrainContext[Any], stage: Any, cfg: Any, out: Path) -> tupl
     sub = replace(ctx, cfg=cfg)
     with ctx.ledger.phase(Phase.RM_TRAIN):
         trainer.setup(sub)
-    run_loop(trainer, ctx.ledger, LoopSettings(label=stage.name, phase=Phase.RM_TRAIN), log=ctx.log)
-    with ctx.ledger.phase(Phase.RM_TRAIN):
+    run_loop(trainer, ctx.ledger, LoopSettings(label=stage.name, phase=Phase.RM_TRAIN, precision=ctx.precision),
+             log=ctx.log)
+    with ctx.ledger.phase(Phase.RM_TRAIN), ctx.precision.autocast():
         rows = trainer.validate()
         if ctx.is_main:
             save_atomically(trainer, out)
     ctx.dist.barrier()
     return out, rows
+
+
+def is_released(name: str | None) -> bool:
+    """``--reward-model released:<name>`` (a released checkpoint) rather than a directory."""
+    from lpo_bench.models.released import is_released as check
+
+    return check(name)
+
+
+def resolve_released(stage: Any, name: str, backbone: str, weights_dir: str | Path | None) -> Any:
+    """``--reward-model released:<name>`` for ``stage`` on ``backbone``: the entry checked (kind, backbone), its
+    files located offline, hashed and pin-checked, before any model loads."""
+    from lpo_bench.models import released
+
+    return released.resolve_released(name, kind=released.STEP_REWARD_MODEL, reward_model=stage.name,
+                                     backbone=backbone, weights_dir=weights_dir)
+
+
+def materialise_released(ctx: TrainContext[Any], resolved: Any) -> Path:
+    """The released model imported into its stage's own saved layout (cached by content, written by the main
+    process); the method then loads it from ``ctx.reward_model_dir`` like a trained one."""
+    from lpo_bench.models import released
+
+    out = released.materialised_dir(resolved)
+    if ctx.is_main:
+        released.materialise(resolved, ctx.bundle, out)
+    ctx.dist.barrier()
+    return out

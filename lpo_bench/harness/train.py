@@ -5,6 +5,10 @@ identity (all before any model loads, so bad settings fail in seconds), open the
 load the backbone (SETUP), get the reward model (given, already trained by an interrupted session, or trained
 now: RM_TRAIN), let the method set itself up (PREP for its preprocessing), restore a checkpoint on ``--resume``,
 then the one loop (:func:`run_loop`), export, a final evaluation (EVAL, off the clock), cost rows, DONE.
+Memory options (``lpo_bench.harness.precision``): ``--grad-ckpt`` is applied to the bundle's UNet before the reward
+stage; ``--precision bf16|fp16`` autocasts the updates and evaluations and, after the method's setup, casts the
+bundle's frozen weights; the estimated peak memory (``lpo_bench.harness.memory``) is printed and recorded in
+``run.json`` before the first update.
 At the end the ledger identity (phases + paused = wall within 1%) is checked and stored.
 """
 
@@ -19,11 +23,12 @@ from typing import Any
 from lpo_bench import records, registry
 from lpo_bench.config import config_dict, load_target_config
 from lpo_bench.errors import HarnessError
-from lpo_bench.harness import reward_stage
+from lpo_bench.harness import memory, reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256, dir_sha256
 from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
 from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
+from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
@@ -59,6 +64,7 @@ class _Plan:
     stage_cfg: Any
     inputs: RunInputs
     identity: dict[str, Any]
+    released: Any = None  # a resolved `--reward-model released:<name>` (lpo_bench.models.released)
 
 
 def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
@@ -78,20 +84,26 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
     if req.reward_stage_overrides and not train_stage:
         raise HarnessError("--rm-set configures a reward-model stage that this run does not train; drop it")
     stage_cfg = reward_stage.stage_config(stage, req.backbone, overrides=req.reward_stage_overrides) if train_stage else None
+    scaling = {spec.name: bool(getattr(registry.load_target(spec.method), "loss_scaling", False))}
+    if train_stage:
+        scaling[stage.name] = bool(getattr(registry.load_target(stage.trainer), "loss_scaling", False))
+    check_precision(req.precision, pick_device(req.device), loss_scaling=scaling)
     needs = set(spec.inputs) | (set(stage.inputs) if train_stage else set())
     if "pairs" in needs and not req.pairs and req.backbone != "toy":
         what = spec.name if "pairs" in spec.inputs else f"{spec.name}'s reward-model stage ({stage.name})"
         raise HarnessError(f"{what} needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                            f"make-pairs`, or a local Pick-a-Pic copy)"
                            + (f", or a trained {stage.name} with --reward-model DIR" if train_stage else ""))
-    rm = Path(req.reward_model) if req.reward_model else None
+    released = reward_stage.resolve_released(stage, req.reward_model, req.backbone, req.weights_dir) \
+        if req.reward_model and reward_stage.is_released(req.reward_model) else None
+    rm = Path(req.reward_model) if req.reward_model and released is None else None
     if rm is not None:
         reward_stage.check_reward_model_dir(stage, rm)
     pairs = None
     if "pairs" in needs:  # last, after every check: building the default toy pairs takes minutes
         pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
     inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs) if pairs else None,
-                       reward_model=rm, reward_model_sha256=dir_sha256(rm) if rm else None,
+                       reward_model=rm, reward_model_sha256=released.sha256 if released else dir_sha256(rm) if rm else None,
                        reward_stage_overrides=dict(req.reward_stage_overrides))
     method_cls = registry.load_target(spec.method)
     identity = {
@@ -101,10 +113,11 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
         "reward_stage": None if stage is None else {
             "name": stage.name, "config": config_dict(stage_cfg) if stage_cfg is not None else None},
         "budget_gpu_h": req.budget_gpu_h,
+        "precision": req.precision, "gradient_checkpointing": req.gradient_checkpointing,
         "eval": {"suite": req.eval_suite, "every_gpu_s": req.eval_every_gpu_s, "prompts": req.eval_prompts}
         if req.eval_suite else None,
     }
-    return _Plan(spec, method_cls, cfg, stage, stage_cfg, inputs, identity)
+    return _Plan(spec, method_cls, cfg, stage, stage_cfg, inputs, identity, released)
 
 
 def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | None = None,
@@ -129,15 +142,27 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             seed_everything(req.seed)
             if bundle is None:
                 bundle = load_bundle(req.backbone, weights_dir=req.weights_dir, device=dist.device(device))
+            if req.gradient_checkpointing:
+                enable_gradient_checkpointing(bundle)
+            precision = Precision(req.precision, dist.device(device))
             ctx = TrainContext(bundle=bundle, cfg=plan.cfg, seed=req.seed, ledger=ledger, run_dir=run.dir,
                                inputs=plan.inputs, prompts=prompts, dist=dist,
-                               weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log)
+                               weights_dir=Path(req.weights_dir) if req.weights_dir else None, log=log,
+                               precision=precision, gradient_checkpointing=req.gradient_checkpointing)
             rm_rows, rm_source = _reward_model(ctx, plan)
             method = plan.method_cls()
             method.setup(ctx)
+            precision.cast_frozen_bundle(bundle)
+            estimate = memory.estimate(bundle, method, plan.cfg, precision=req.precision,
+                                       checkpointing=req.gradient_checkpointing, world_size=dist.world_size)
+            if dist.is_main:
+                log(f"[{plan.spec.name}] {estimate.line()}")
+        ckpt.precision = precision
         step = ckpt.resume(method, ledger, resuming=run.resuming, log=log)
         with ledger.phase(Phase.CHECKPOINT):  # record keeping is off the headline clock but on the ledger
-            run.start(_run_info(req, plan, ctx, rm_source, run.identity_sha256), bundle_provenance=bundle.provenance,
+            info = _run_info(req, plan, ctx, rm_source, run.identity_sha256)
+            info["memory_estimate"] = estimate.as_dict()
+            run.start(info, bundle_provenance=bundle.provenance,
                       backbone=req.backbone, base_extra={"method": plan.spec.name, "seed": req.seed,
                                                          "method_version": plan.identity["method_version"],
                                                          "config_hash": run.identity_sha256})
@@ -146,7 +171,8 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
         evaluate = (lambda s: _evaluate(ctx, method, req, run, ledger, s)) if req.eval_suite else None
         settings = LoopSettings(label=plan.spec.name, checkpoint_every_updates=max(1, req.checkpoint_every_updates),
                                 budget_gpu_h=req.budget_gpu_h, stop_after_updates=req.stop_after_updates,
-                                train_log=run.dir / "train_log.jsonl", eval_every_gpu_s=req.eval_every_gpu_s)
+                                train_log=run.dir / "train_log.jsonl", eval_every_gpu_s=req.eval_every_gpu_s,
+                                precision=precision)
         result = run_loop(method, ledger, settings, start_step=step, checkpointer=ckpt, evaluate=evaluate,
                           write_logs=dist.is_main, log=log)
         with ledger.phase(Phase.CHECKPOINT):
@@ -175,6 +201,9 @@ def _reward_model(ctx: TrainContext[Any], plan: _Plan) -> tuple[list[dict[str, A
     """Set ``ctx.reward_model_dir``; returns (validation rows of a stage trained now, its source)."""
     if plan.stage is None:
         return [], None
+    if plan.released is not None:  # imported into the stage's own layout, in SETUP like any weights loading
+        ctx.reward_model_dir = reward_stage.materialise_released(ctx, plan.released)
+        return [], plan.released.entry.ref
     if plan.inputs.reward_model is not None:
         ctx.reward_model_dir = plan.inputs.reward_model
         return [], "given"
@@ -195,7 +224,8 @@ def _run_info(req: TrainRequest, plan: _Plan, ctx: TrainContext[Any], rm_source:
         "config_hash": config_hash, "inputs": inputs,
         "reward_stage": None if plan.stage is None else {
             "name": plan.stage.name, "source": rm_source, "model_dir": str(ctx.reward_model_dir),
-            "config": plan.identity["reward_stage"]["config"]},
+            "config": plan.identity["reward_stage"]["config"],
+            "released": plan.released.provenance() if plan.released is not None else None},
         "request": {k: v for k, v in asdict(req).items() if k not in ("overrides", "reward_stage_overrides")},
         "overrides": req.overrides,
     }
@@ -216,9 +246,10 @@ def _evaluate(ctx: TrainContext[Any], method: Any, req: TrainRequest, run: RunRe
               step: int) -> None:
     from lpo_bench.evaluation import evaluate_unet
 
-    rows, _ = evaluate_unet(ctx.bundle, method.policy_unet(), req.eval_suite, split="val",
-                            max_prompts=req.eval_prompts, data_dir=Path(req.data_dir) if req.data_dir else None,
-                            weights_dir=ctx.weights_dir)
+    with ctx.precision.autocast():  # the frozen weights may be bf16/fp16 (--precision): evaluate as trained
+        rows, _ = evaluate_unet(ctx.bundle, method.policy_unet(), req.eval_suite, split="val",
+                                max_prompts=req.eval_prompts, data_dir=Path(req.data_dir) if req.data_dir else None,
+                                weights_dir=ctx.weights_dir)
     for r in rows:
         r.update(train_step=step, gpu_h_at_measurement=ledger.gpu_h(COUNTED), gpu_h_rm=ledger.gpu_h((Phase.RM_TRAIN,)))
     run.write_measurements(rows)

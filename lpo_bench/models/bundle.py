@@ -84,6 +84,9 @@ class ModelBundle:
         resolution: pixel size of generated images.
         provenance: ``{"backbone_id", "backbone_revision", "weights_sha256", ...}`` recorded in runs.
         force_zeros_for_empty_prompt: SDXL's unconditional branch uses zeros, not the "" encoding.
+        activation_dtype: dtype of latents and prompt embeddings (``dtype``); None: the UNet's parameter dtype.
+            Set when mixed precision casts the frozen weights to bf16/fp16 (``lpo_bench.harness.precision``)
+            while autocast computes and the activations stay fp32.
     """
 
     name: str
@@ -96,6 +99,7 @@ class ModelBundle:
     resolution: int = 512
     provenance: dict[str, Any] = field(default_factory=dict)
     force_zeros_for_empty_prompt: bool = False
+    activation_dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -104,7 +108,7 @@ class ModelBundle:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        return self.activation_dtype or next(self.unet.parameters()).dtype
 
     @property
     def vae_scale(self) -> int:

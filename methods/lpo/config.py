@@ -28,7 +28,6 @@ class LPOConfig(StepwiseConfig):
         default="sigma", metadata={"help": "Threshold schedule; constant uses threshold_max"})
     beta_lpo: float = field(default=500.0, metadata={
         "help": "DPO beta on per-element-mean log-probs", "valid": Range(gt=0)})
-    drop_remainder_pairs: bool = field(default=False, metadata={"help": "Official: drop N mod world_size pairs"})
 
     CHECKS: ClassVar[tuple[Check, ...]] = (
         *StepwiseConfig.CHECKS,

@@ -7,7 +7,10 @@ average-pooled and concatenated, then ``visual_projection`` (no bias). Visual Fe
 Enhancement (VFE): the trunk runs on [cond; uncond("")] and only the pooled MID vector is
 guided, v_mid = v_u + gs (v_c - v_u) (paper Eq. for V_enh). Text side: SD/toy: the text encoder's pooled
 EOS output through ``text_projection``; SDXL: encoder 2's ``text_embeds`` with no projection.
-Score S = exp(logit_scale) · cos(V, T) (paper Eq. for S(p, x_t, t)).
+Score S = exp(logit_scale) · cos(V, T) (paper Eq. for S(p, x_t, t)). ``text_projection`` starts from OpenAI CLIP
+ViT-L/14's ``text_projection.weight`` as the official trainer's (``init_text_projection`` with
+``clip_l14_text_projection``) when that checkpoint is found and matches the text width, else at identity; the
+source is recorded as ``text_projection_init`` in ``lrm_config.json``.
 
 Saved layout (``save``/``load``, strict)::
 
@@ -115,14 +118,25 @@ class LatentRewardModel(nn.Module):
         else:
             text_dim = int(self.text_encoders[0].config.hidden_size)
             self.text_projection = nn.Linear(text_dim, text_dim, bias=False)
-            with torch.no_grad():  # official: initialised from CLIP's text projection; identity keeps T as is
+            with torch.no_grad():  # identity keeps T as is; init_text_projection sets CLIP-L's (official)
                 self.text_projection.weight.copy_(torch.eye(text_dim))
+        self.text_projection_init = "identity" if self.text_projection is not None else "none"
         self.visual_projection = nn.Linear(visual_dim, text_dim, bias=False)
         nn.init.normal_(self.visual_projection.weight, std=0.02)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.visual_dim, self.text_dim = visual_dim, text_dim
 
     # ------------------------------------------------------------------ construction / io
+    def init_text_projection(self, weight: torch.Tensor, source: str) -> None:
+        """Start ``text_projection`` from ``weight`` [text_dim, text_dim] (e.g. CLIP ViT-L/14's), recording
+        ``source``; refuses another shape or a backbone without a projection (SDXL)."""
+        if self.text_projection is None or tuple(weight.shape) != tuple(self.text_projection.weight.shape):
+            have = None if self.text_projection is None else tuple(self.text_projection.weight.shape)
+            raise ValueError(f"text_projection {have} cannot start from a {tuple(weight.shape)} weight")
+        with torch.no_grad():
+            self.text_projection.weight.copy_(weight.to(self.text_projection.weight))
+        self.text_projection_init = source
+
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, *, guidance_scale: float = 7.5, multi_scale: bool = True) -> LatentRewardModel:
         """A fresh LRM initialised from the backbone's UNet and text encoder(s) (deep copies)."""
@@ -154,7 +168,8 @@ class LatentRewardModel(nn.Module):
         save_file(heads, str(out / "heads.safetensors"))
         cfg = {"text_kind": self.text_kind, "resolution": self.resolution, "guidance_scale": self.guidance_scale,
                "multi_scale": self.multi_scale, "visual_dim": self.visual_dim, "text_dim": self.text_dim,
-               "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt, "version": self.version}
+               "force_zeros_for_empty_prompt": self.force_zeros_for_empty_prompt, "version": self.version,
+               "text_projection_init": self.text_projection_init}
         (out / "lrm_config.json").write_text(json.dumps(cfg, indent=2))
         return out
 
@@ -197,6 +212,7 @@ class LatentRewardModel(nn.Module):
                 model.text_projection.load_state_dict({"weight": heads["text_projection.weight"]}, strict=True)
             with torch.no_grad():
                 model.logit_scale.copy_(heads["logit_scale"])
+            model.text_projection_init = str(cfg.get("text_projection_init", model.text_projection_init))
         except HarnessError:
             raise
         except Exception as exc:
@@ -264,3 +280,30 @@ class LatentRewardModel(nn.Module):
     def score_noisy(self, latents: torch.Tensor, timesteps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """StepRewardModel protocol: scores [b] for noisy latents and prompts."""
         return self.score(latents, timesteps, self.encode_text(prompts)).float().cpu()
+
+
+def clip_l14_text_projection(text_dim: int, weights_dir: str | Path | None = None,
+                             allow_download: bool | None = None) -> tuple[torch.Tensor, str] | None:
+    """OpenAI CLIP ViT-L/14's ``text_projection.weight`` [768, 768] and its reference, read from the pinned
+    snapshot's ``model.safetensors`` (``--weights-dir`` or the HF cache; a download only on opt-in), as the official
+    LRM-1.5 initialises its text projection (Kwai-Kolors/LPO@9c2e8b8 lrm/lrm_15/trainer/models/
+    sd15_preference_model.py). None when the checkpoint is absent or the width is not ``text_dim``."""
+    from safetensors import safe_open
+
+    from lpo_bench.metrics.clipscore import OPENAI_CLIP_L14
+    from lpo_bench.models.weights import resolve_snapshot
+
+    try:
+        snap = resolve_snapshot(OPENAI_CLIP_L14.repo, OPENAI_CLIP_L14.revision, required=("model.safetensors",),
+                                weights_dir=weights_dir, allow_download=allow_download)
+    except HarnessError:  # not available: the caller starts from identity and records it
+        return None
+    try:
+        with safe_open(str(snap / "model.safetensors"), framework="pt") as fh:
+            weight = fh.get_tensor("text_projection.weight")
+    except Exception as exc:  # safetensors raises its own error type for a corrupt file
+        raise HarnessError(f"{snap / 'model.safetensors'} ({OPENAI_CLIP_L14.ref}) has no readable text_projection.weight "
+                           f"({type(exc).__name__}); replace the file or pass --rm-set text_projection_init=identity") from None
+    if tuple(weight.shape) != (text_dim, text_dim):
+        return None
+    return weight.float(), f"{OPENAI_CLIP_L14.ref}:text_projection.weight"

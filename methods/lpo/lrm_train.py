@@ -1,10 +1,17 @@
 """LRM training, as Kwai-Kolors/LPO@9c2e8b8 lrm/lrm_15/trainer/: MPCF-filtered pairs, one grid timestep per
-pair, independent noise per image, 2-way cross-entropy with soft tie labels and per-prompt weights, AdamW
-with warmup then linear decay.
+pair, independent noise per image, 2-way cross-entropy with soft tie labels and per-prompt weights normalised
+over the global batch, AdamW with the official DeepSpeed warmup (log-shaped) then linear decay.
 
-Run by the harness loop in lpo_bench.reward_training (all time RM_TRAIN). Latents are the VAE posterior
-of each image, encoded once (mean and std cached) and re-sampled every step with the data generator, as
-the official trainer samples ``latent_dist`` each time.
+Run by the harness loop (all time RM_TRAIN). Data: the training split is opened lazily (metadata only; MPCF
+filters on it), and each update decodes and VAE-encodes only its own pairs, sampling the posterior as the
+official trainer samples ``latent_dist`` every step.
+
+Data parallel: ``batch_pairs`` is the global batch. Its rows (``global_batch_indices``: a shuffled pass over the
+data per epoch) are the same on every process; each process takes a contiguous slice (``rank_slice``) in
+micro-batches of ``micro_batch_pairs``, and draws each pair's timestep, posterior sample and noise from a
+generator keyed by (seed, update, position in the global batch). The loss is Σ w_n ℓ_n / Σ_global w over the
+global batch (the official all-gathered loss), gradients are summed over processes (``Dist.sum_grads_``), so
+clipping and the AdamW step are the same on every process and P processes give one process's update.
 """
 
 from __future__ import annotations
@@ -16,54 +23,60 @@ import numpy as np
 import torch
 
 from lpo_bench.analysis import stats
-from lpo_bench.data.pairs import GAP_COLUMNS, PairSet, load_pairs
+from lpo_bench.data.global_batch import LocalChunk, RankBatches
+from lpo_bench.data.pairs import GAP_COLUMNS, load_pairs, open_pairs
 from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
 from lpo_bench.errors import HarnessError
-from lpo_bench.methods.lpo.lrm import LatentRewardModel
+from lpo_bench.methods.lpo.lrm import LatentRewardModel, clip_l14_text_projection
 from lpo_bench.methods.lpo.lrm_config import LRMConfig
 from lpo_bench.methods.lpo.mpcf import mpcf_keep
-from lpo_bench.methods.stepwise.losses import pair_ce_loss, warmup_linear_decay
+from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, reward_model_lr
 
 
 def lr_at(step: int, cfg: LRMConfig) -> float:
-    return warmup_linear_decay(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.max_updates)
+    return reward_model_lr(step, peak=cfg.lr, warmup=cfg.warmup_updates, total=cfg.max_updates,
+                           warmup_shape=cfg.lr_warmup_shape)
 
 
 class LRMTrainer:
     kind: ClassVar[str] = "lrm"
+    loss_scaling: ClassVar[bool] = True  # backward and clip + step go through ctx.precision (fp16 loss scaling)
 
     def setup(self, ctx: Any) -> None:
         self.ctx, self.cfg = ctx, ctx.cfg
+        cfg, bundle = ctx.cfg, ctx.bundle
         pairs_src = ctx.inputs.pairs
         if not pairs_src:
             raise HarnessError("LRM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                                "make-pairs`, or a local Pick-a-Pic v1 copy), or a trained LRM with --reward-model DIR")
-        bundle = ctx.bundle
-        train = load_pairs(pairs_src, "train", resolution=bundle.resolution, max_rows=self.cfg.max_train_pairs)
-        self.kept_before, train = len(train), self._filter(train)
-        self.val = load_pairs(pairs_src, "val", resolution=bundle.resolution, drop_ties=True,
-                              max_rows=self.cfg.max_val_pairs)
-        self.train = train
-        ctx.log(f"[lrm] {len(train)} training pairs after MPCF strategy {self.cfg.mpcf_strategy} "
+        train = open_pairs(pairs_src, "train", max_rows=cfg.max_train_pairs)  # metadata only
+        self.kept_before, self.train = len(train), self._filter(train)
+        self.val = load_pairs(pairs_src, "val", resolution=bundle.resolution, drop_ties=True, max_rows=cfg.max_val_pairs)
+        ctx.log(f"[lrm] {len(self.train)} training pairs after MPCF strategy {cfg.mpcf_strategy} "
                 f"(from {self.kept_before}); {len(self.val)} validation pairs")
         with seeded_init(ctx.seed, "lrm-init"):
-            self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=self.cfg.guidance_scale_vfe,
-                                                       multi_scale=self.cfg.multi_scale).to(bundle.device)
-        if not self.cfg.train_text_encoder:
+            self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=cfg.guidance_scale_vfe,
+                                                       multi_scale=cfg.multi_scale).to(bundle.device)
+        if self.model.text_projection is not None and cfg.text_projection_init == "clip-l14":
+            found = clip_l14_text_projection(self.model.text_dim, ctx.weights_dir)
+            if found is not None:
+                self.model.init_text_projection(*found)
+        ctx.log(f"[lrm] text_projection starts from {self.model.text_projection_init}")
+        if not cfg.train_text_encoder:
             for e in self.model.text_encoders:
                 e.requires_grad_(False)
-        if not self.cfg.train_unet:
+        if not cfg.train_unet:
             self.model.unet.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.mean0, self.std0 = self._encode(train.images_tensor(0))
-        self.mean1, self.std1 = self._encode(train.images_tensor(1))
-        self.label = torch.as_tensor(train.label_0, dtype=torch.float32)
-        self.weight = torch.as_tensor(train.weight, dtype=torch.float32)
-        self.gen = purpose_generator(ctx.seed, "lrm-data", ctx.rank)  # each rank draws its own pairs
-        self.grid = torch.tensor(self.cfg.grid())
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.label = torch.from_numpy(np.array(self.train.label_0, dtype=np.float32))  # a copy: arrow memory is read-only
+        self.weight = torch.from_numpy(np.array(self.train.weight, dtype=np.float64))
+        self.grid = torch.tensor(cfg.grid())
+        self.data = RankBatches(self.train, batch_pairs=cfg.batch_pairs, micro_batch_pairs=cfg.micro_batch_pairs,
+                                updates=cfg.max_updates, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed,
+                                purpose="lrm-batch", resolution=bundle.resolution, num_workers=cfg.num_workers)
 
-    def _filter(self, pairs: PairSet) -> PairSet:
+    def _filter(self, pairs: Any) -> Any:
         if self.cfg.mpcf_strategy == 0:
             return pairs
         if not all(c in pairs.extra.columns for c in (*GAP_COLUMNS, "different_flag")):
@@ -78,44 +91,61 @@ class LRMTrainer:
         return pairs.subset(np.nonzero(keep)[0])
 
     def _encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
+        with torch.no_grad():
+            return self.ctx.bundle.encode_posterior(images, self.cfg.encode_batch)
 
-    def _latents(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        z = torch.randn(mean.shape, generator=self.gen)
-        return (mean + std * z) * self.ctx.bundle.scaling_factor
+    def _noisy_latents(self, step: int, chunk: LocalChunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t of images 0, x_t of images 1, t) [m]: per pair, from its own generator, a grid t, a posterior sample
+        of each image and independent noise for each (official)."""
+        b = self.ctx.bundle
+        m = len(chunk.rows)
+        mean, std = self._encode(torch.cat([chunk.images_0, chunk.images_1]))
+        self.ctx.ledger.count("vae_encode", 2 * m)
+        t = torch.empty(m, dtype=torch.long)
+        z = torch.empty(4, m, *mean.shape[1:])  # posterior draw 0, 1; noise 0, 1
+        for i, pos in enumerate(chunk.positions.tolist()):
+            g = purpose_generator(self.ctx.seed, "lrm-pair", step, pos)
+            t[i] = self.grid[torch.randint(0, len(self.grid), (1,), generator=g)]
+            z[:, i] = torch.randn((4, *mean.shape[1:]), generator=g)
+        x0 = (mean[:m] + std[:m] * z[0]) * b.scaling_factor
+        x1 = (mean[m:] + std[m:] * z[1]) * b.scaling_factor
+        return b.scheduler.add_noise(x0, z[2], t), b.scheduler.add_noise(x1, z[3], t), t
 
     def train_step(self, step: int) -> dict[str, float]:
-        cfg, b = self.cfg, self.ctx.bundle
-        n = len(self.label)
-        per_rank = max(1, cfg.batch_pairs // self.ctx.world_size)  # batch_pairs is the global batch
-        idx = torch.randint(0, n, (min(per_rank, n),), generator=self.gen)
-        t = self.grid[torch.randint(0, len(self.grid), (len(idx),), generator=self.gen)]
-        x0 = self._latents(self.mean0[idx], self.std0[idx])
-        x1 = self._latents(self.mean1[idx], self.std1[idx])
-        e0 = torch.randn(x0.shape, generator=self.gen)  # independent noise per image (official)
-        e1 = torch.randn(x1.shape, generator=self.gen)
-        xt0 = b.scheduler.add_noise(x0, e0, t)
-        xt1 = b.scheduler.add_noise(x1, e1, t)
+        cfg, dev = self.cfg, self.ctx.bundle.device
+        w_total = float(self.weight[self.data.global_indices(step)].sum())  # Σ w over the global batch
+        lr = lr_at(step, cfg)
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         self.model.train()
-        caps = [self.train.captions[i] for i in idx.tolist()]
-        text = self.model.encode_text(caps + caps)
-        uncond = self.model.negative_embeds(2 * len(idx))
-        dev = b.device
-        scores = self.model.score(torch.cat([xt0, xt1]).to(dev), torch.cat([t, t]).to(dev), text, uncond)
-        s0, s1 = scores.chunk(2)
-        loss = pair_ce_loss(s0, s1, self.label[idx].to(dev), self.weight[idx].to(dev))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.ctx.dist.reduce_grads_(self.params, "mean")  # one global batch over ranks
-        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else float("inf"))
-        self.opt.step()
-        with torch.no_grad():
-            lab = self.label[idx].to(dev)
-            acc = ((s0 > s1).float() * (lab == 1) + (s0 < s1).float() * (lab == 0)).sum() / (lab != 0.5).sum().clamp(min=1)
-        return {"loss": loss.item(), "acc": acc.item(), "grad_norm": float(gnorm), "lr": lr_at(step, cfg),
-                "logit_scale": self.model.logit_scale.exp().item()}
+        sums = torch.zeros(3, dtype=torch.float64)  # Σ w ℓ, correct, decided (this process)
+        for chunk in self.data.local(step):
+            if not len(chunk.rows):
+                continue
+            xt0, xt1, t = self._noisy_latents(step, chunk)
+            caps = [self.train.captions[i] for i in chunk.rows.tolist()]
+            m = len(caps)
+            text = self.model.encode_text(caps + caps)
+            uncond = self.model.negative_embeds(2 * m)
+            scores = self.model.score(torch.cat([xt0, xt1]).to(dev), torch.cat([t, t]).to(dev), text, uncond)
+            s0, s1 = scores.chunk(2)
+            lab = self.label[chunk.rows].to(dev)
+            w = self.weight[chunk.rows].to(dev, torch.float32)
+            per = pair_ce_per_pair(s0, s1, lab)
+            self.ctx.precision.backward((per * w).sum() / w_total)  # loss-scaled under fp16
+            self.ctx.ledger.count("reward_fwdbwd", 2 * m)
+            with torch.no_grad():
+                win = ((s0 > s1) & (lab == 1)) | ((s0 < s1) & (lab == 0))
+                sums += torch.stack([(per.detach() * w).sum().double().cpu(), win.sum().double().cpu(),
+                                     (lab != 0.5).sum().double().cpu()])
+        self.ctx.dist.sum_grads_(self.params)  # the global batch's gradient on every process
+        gnorm = self.ctx.precision.clip_and_step(self.opt, self.params, cfg.grad_clip_norm)  # clip (0: off), step
+        sums = sums.to(dev)
+        self.ctx.dist.reduce_([sums], "sum")
+        loss_sum, correct, decided = sums.tolist()
+        return {"loss": loss_sum / w_total, "acc": correct / max(decided, 1.0), "grad_norm": float(gnorm), "lr": lr,
+                "logit_scale": self.model.logit_scale.exp().item(), "pairs": float(cfg.batch_pairs)}
 
     def total_updates(self) -> int:
         return self.cfg.max_updates
@@ -128,8 +158,8 @@ class LRMTrainer:
         """Pairwise accuracy on held-out pairs at every grid timestep (same noise for both images)."""
         self.model.eval()
         b, dev = self.ctx.bundle, self.ctx.bundle.device
-        m0, s0 = self._encode(self.val.images_tensor(0))
-        m1, s1 = self._encode(self.val.images_tensor(1))
+        m0, _ = self._encode(self.val.images_tensor(0))
+        m1, _ = self._encode(self.val.images_tensor(1))
         x0, x1 = m0 * b.scaling_factor, m1 * b.scaling_factor  # posterior means: deterministic validation
         win0 = torch.as_tensor(self.val.label_0 == 1.0)
         xw, xl = torch.where(win0[:, None, None, None], x0, x1), torch.where(win0[:, None, None, None], x1, x0)
@@ -156,9 +186,9 @@ class LRMTrainer:
         return self.model.save(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+        """Weights and optimiser; the data order is a function of the update number (nothing else to keep)."""
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
-        self.gen.set_state(state["gen"])

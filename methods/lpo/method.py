@@ -1,12 +1,14 @@
 """LPO: step-level Latent Preference Optimization with the LRM (arXiv 2502.01051 Sec. 4; Kwai-Kolors/LPO@9c2e8b8).
 
-The harness trains the LRM first (RM_TRAIN, unless ``--reward-model DIR`` gives one). Per round: eta-DDIM with CFG over B prompts; at every step K candidates from one x_t are scored
+The harness trains the LRM first (RM_TRAIN, unless ``--reward-model DIR`` gives one). Per round: eta-DDIM with CFG
+over ``prompts_per_round`` prompts (global, split over ranks); at every step K candidates from one x_t are scored
 by the frozen LRM at the PARENT timestep (official; ``lrm_timestep="child"`` switches), the
 (max, min) pair is kept when p_w - p_l > th(t) (σ-shaped dynamic threshold computed from the
-scheduler), and the trajectory continues from a uniformly random candidate. Pairs from all ranks
-are gathered without dropping any; each minibatch is one optimiser update of LoRA on attention
-q/k/v/out, the update shared with SPO (``StepwiseMethod._update``: the clipped step-DPO loss, beta_lpo 500,
-clip 0.1, on per-element-mean log-probs).
+scheduler), and the trajectory continues from a uniformly random candidate. The pairs of all ranks form one
+global list without dropping any; each global batch of ``train_batch_pairs`` is one optimiser update of LoRA on
+attention q/k/v/out, the update shared with SPO (``StepwiseMethod._update``: the clipped step-DPO loss, beta_lpo
+500, clip 0.1, on per-element-mean log-probs). The rounds and updates are the same on any number of processes
+(``lpo_bench.methods.stepwise.rounds``).
 
 Deviations from the official code, each a named switch: ``grad_clip_norm`` really clips
 (official: a no-op, ``official_grad_clip_noop=True`` restores it), ``drop_remainder_pairs=False``
@@ -35,7 +37,7 @@ from lpo_bench.models import lora
 
 class LPO(StepwiseMethod):
     name: ClassVar[str] = "lpo"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: global recipes, per-prompt sampling generators
 
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: TrainContext[LPOConfig]) -> None:
@@ -45,6 +47,7 @@ class LPO(StepwiseMethod):
         with ctx.ledger.phase(Phase.PREP):
             self.lrm = LatentRewardModel.load(ctx.reward_model_dir, bundle, device=bundle.device).eval()
             self.lrm.requires_grad_(False)
+            ctx.precision.cast_frozen(self.lrm)
             self.prompts = ctx.prompts.training_prompts(limit=self.cfg.num_train_prompts)
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
@@ -95,9 +98,6 @@ class LPO(StepwiseMethod):
 
     def beta(self) -> float:
         return self.cfg.beta_lpo
-
-    def drop_remainder(self) -> bool:
-        return self.cfg.drop_remainder_pairs
 
 
 def _lrm_text_chunks(lrm: LatentRewardModel, prompts: list[str], chunk: int = 256) -> Any:

@@ -2,7 +2,10 @@
 
 Defaults are the official SD1.5 settings common to LPO (Kwai-Kolors/LPO) and SPO (RockeyCoss/SPO); a method's
 config subclasses this, redeclares a field to change its default, and adds its own scorer, threshold and beta.
-Batch sizes are per process, as in both official codes. Each field declares its valid values (``"valid":
+``prompts_per_round`` and ``train_batch_pairs`` are GLOBAL (over all processes, split over ranks), so a recipe
+trains on the same pairs whatever the number of GPUs; both official codes set them per GPU and ran on 4 GPUs
+(``accelerate_cfg/1m4g_fp16.yaml``: num_processes 4), so an official value here is the per-GPU one x 4.
+``micro_batch_pairs`` is per process (memory only). Each field declares its valid values (``"valid":
 Range(...)``, see ``lpo_bench.config``) and ``CHECKS`` the rules between fields; a subclass that redeclares a
 field redeclares its range too.
 """
@@ -29,8 +32,10 @@ class StepwiseConfig:
     eta: float = field(default=1.0, metadata={
         "help": "DDIM eta (1 = stochastic, needed for step log-probs)", "valid": Range(gt=0, le=1)})
     num_candidates: int = field(default=4, metadata={"help": "K candidates per step", "valid": Range(ge=2)})
-    prompts_per_round: int = field(default=5, metadata={
-        "help": "Prompts sampled per round per process", "valid": Range(ge=1)})
+    prompts_per_round: int = field(default=20, metadata={
+        "help": "Prompts sampled per round over all processes, split over ranks (official LPO SD1.5: 5 per GPU x 4 "
+                "GPUs = 20, Kwai-Kolors/LPO@9c2e8b8 lpo/configs/basic_config.py sample_batch_size)",
+        "valid": Range(ge=1)})
     min_train_timestep: int = field(default=0, metadata={
         "help": "Branch and train only steps with t >= this", "valid": TIMESTEP})
     max_train_timestep: int = field(default=1000, metadata={
@@ -42,13 +47,17 @@ class StepwiseConfig:
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay", "valid": Range(ge=0)})
     grad_clip_norm: float = field(default=1.0, metadata={
         "help": "Max gradient norm, really applied (0 disables)", "valid": Range(ge=0)})
+    drop_remainder_pairs: bool = field(default=False, metadata={
+        "help": "Official (LPO and SPO): drop the N mod world_size pairs of each round, so the pairs trained on depend "
+                "on the number of processes; default: keep them all"})
     official_grad_clip_noop: bool = field(default=False, metadata={
         "help": "Reproduce the official codes' no-op gradient clipping (the norm is logged, never applied)"})
-    train_batch_pairs: int = field(default=10, metadata={
-        "help": "Pairs per optimiser update per process", "valid": Range(ge=1)})
+    train_batch_pairs: int = field(default=40, metadata={
+        "help": "Pairs per optimiser update over all processes, split over ranks (official SD1.5: 10 per GPU x 4 "
+                "GPUs = 40, basic_config.py train_batch_size)", "valid": Range(ge=1)})
     micro_batch_pairs: int | None = field(default=None, metadata={
-        "help": "Pairs per forward/backward inside an update (exact accumulation, memory only; None: all)",
-        "valid": Range(ge=1)})
+        "help": "Pairs per forward/backward inside an update, per process (exact accumulation, memory only; None: "
+                "all of the process's share)", "valid": Range(ge=1)})
     lora_rank: int = field(default=4, metadata={
         "help": "LoRA rank on attention q/k/v/out", "valid": Range(ge=1)})
     epochs: int = field(default=5, metadata={

@@ -31,12 +31,65 @@ def pair_ce_loss(
     return (per * w).sum() / w.sum()
 
 
+WARMUP_SHAPES = ("log", "linear")
+
+
 def warmup_linear_decay(step: int, *, peak: float, warmup: int, total: int) -> float:
     """Learning rate at ``step``: linear warmup to ``peak`` over ``warmup`` steps, then linear decay to 0 at
-    ``total`` (DeepSpeed WarmupDecayLR with a linear warmup)."""
+    ``total``. lr(s) = peak·(s+1)/W for s < W, else peak·max(0, (T - s) / max(T - W, 1)).
+    The reward-model trainers' ``lr_warmup_shape="linear"`` (their default before the official schedule)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def deepspeed_warmup_decay(iteration: int, *, peak: float, warmup: int, total: int, shape: str = "log") -> float:
+    """DeepSpeed ``WarmupDecayLR.get_lr()`` with ``warmup_min_lr=0`` at ``last_batch_iteration=iteration``
+    (deepspeed/runtime/lr_schedules.py, identical in v0.8.3 and v0.12.3)::
+
+        W = max(2, warmup)
+        γ(i) = ln(i + 1) / ln(W)              i < W, shape "log" (DeepSpeed's default warmup_type)
+             = i / W                          i < W, shape "linear"
+             = max(0, (T - i) / max(1, T - W))    i >= W
+        lr = peak · γ(i);   lr = 0 for i < 0 (before the scheduler's first step)
+
+    so the warmup reaches ``peak`` at i = W - 1 and the decay reaches 0 at i = T.
+    """
+    if shape not in WARMUP_SHAPES:
+        raise ValueError(f"warmup shape must be one of {WARMUP_SHAPES}, got {shape!r}")
+    if iteration < 0:
+        return 0.0
+    w = max(2, warmup)
+    if iteration < w:
+        gamma = math.log(iteration + 1) / math.log(w) if shape == "log" else iteration / w
+    else:
+        gamma = max(0.0, (total - iteration) / max(1.0, total - w))
+    return peak * gamma
+
+
+def official_update_lr(update: int, *, peak: float, warmup: int, total: int, shape: str = "log") -> float:
+    """Learning rate of optimiser update ``update`` (0-based) in the official LRM and SPM trainers.
+
+    Both (Kwai-Kolors/LPO@9c2e8b8 lrm/*/trainer, RockeyCoss/SPO@27a8642 step_aware_preference_model/trainer) build
+    DeepSpeed's AdamW at ``lr=peak`` and a ``WarmupDecayLR`` that the engine steps after every optimiser step; in
+    the pinned DeepSpeed versions (0.8.3, 0.12.3) the scheduler sets no learning rate at construction (it does from
+    0.15.3 on). So update 0 runs at ``peak`` and update u >= 1 at ``deepspeed_warmup_decay(u - 1)``::
+
+        lr(0) = peak;   lr(u) = peak · γ(u - 1)   (γ as in ``deepspeed_warmup_decay``)
+    """
+    if update <= 0:
+        return peak
+    return deepspeed_warmup_decay(update - 1, peak=peak, warmup=warmup, total=total, shape=shape)
+
+
+def reward_model_lr(update: int, *, peak: float, warmup: int, total: int, warmup_shape: str) -> float:
+    """The reward-model trainers' learning rate at ``update``: ``warmup_shape="log"`` is the official DeepSpeed
+    schedule (``official_update_lr``), ``"linear"`` the earlier linear one (``warmup_linear_decay``)."""
+    if warmup_shape == "log":
+        return official_update_lr(update, peak=peak, warmup=warmup, total=total, shape="log")
+    if warmup_shape == "linear":
+        return warmup_linear_decay(update, peak=peak, warmup=warmup, total=total)
+    raise ValueError(f"warmup shape must be one of {WARMUP_SHAPES}, got {warmup_shape!r}")
 
 
 def step_dpo_loss(

@@ -1,0 +1,121 @@
+"""The pair-score side table: streamed, sharded, resumable, keyed, joined strictly; its run is costed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lpo_bench.data import pair_scores
+from lpo_bench.data.pairs import open_pairs
+from lpo_bench.errors import HarnessError
+
+
+def _scorers():
+    """Three hand-checkable scores: mean brightness, mean red, caption length (an image-independent score)."""
+    return {"aesthetic": lambda im, caps: im.mean(dim=(1, 2, 3)),
+            "clipscore": lambda im, caps: im[:, 0].mean(dim=(1, 2)),
+            "vqascore": lambda im, caps: np.array([len(c) / 100 for c in caps])}
+
+
+def test_scores_are_the_hand_computed_gaps(tiny_pairs, tmp_path):
+    index = open_pairs(tiny_pairs, "train")
+    written = pair_scores.write_scores(index, _scorers(), tmp_path / "s", shard_pairs=10, batch_pairs=4)
+    assert written == 3  # 24 pairs in shards of 10
+    df = pair_scores.read_scores(tmp_path / "s")
+    assert list(df["key"]) == [f"row:{i}" for i in range(len(index))]
+    im0, im1 = index.images(np.arange(len(index)), 0, resolution=None), index.images(np.arange(len(index)), 1,
+                                                                                        resolution=None)
+    b0, b1 = im0.mean(dim=(1, 2, 3)).numpy(), im1.mean(dim=(1, 2, 3)).numpy()
+    lab = index.label_0
+    want = np.where(lab == 1, b0 - b1, np.where(lab == 0, b1 - b0, np.abs(b0 - b1)))
+    np.testing.assert_allclose(df["aesthetic_gap"].to_numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(df["score_0_aesthetic"].to_numpy(), b0, rtol=1e-5)
+    np.testing.assert_array_equal(df["vqascore_gap"].to_numpy()[lab != 0.5], 0.0)  # same caption on both sides
+    np.testing.assert_array_equal(df["different_flag"].to_numpy(), (lab != 0.5).astype(int))
+
+
+def test_a_killed_pass_resumes_with_the_missing_shards_only(tiny_pairs, tmp_path):
+    index = open_pairs(tiny_pairs, "train")
+    out = tmp_path / "s"
+    pair_scores.write_scores(index, _scorers(), out, shard_pairs=10)
+    first = pair_scores.read_scores(out)
+    (out / "part-00001.parquet").unlink()  # as if killed before shard 1 was written
+    calls = []
+    n = pair_scores.write_scores(index, _scorers(), out, shard_pairs=10, on_shard=lambda s, k: calls.append(s))
+    assert n == 1 and calls == [1]
+    pd.testing.assert_frame_equal(pair_scores.read_scores(out), first)
+
+
+def test_ranks_split_the_shards(tiny_pairs, tmp_path):
+    index = open_pairs(tiny_pairs, "train")
+    got = [pair_scores.write_scores(index, _scorers(), tmp_path / "s", shard_pairs=5, rank=r, world_size=2)
+           for r in (0, 1)]
+    assert got == [3, 2]  # 5 shards: 0, 2, 4 and 1, 3
+    assert len(pair_scores.read_scores(tmp_path / "s")) == len(index)
+
+
+def test_attach_scores_is_strict(tiny_pairs, tmp_path):
+    index = open_pairs(tiny_pairs, "train")
+    pair_scores.write_scores(index, _scorers(), tmp_path / "s", shard_pairs=100)
+    df = pair_scores.read_scores(tmp_path / "s")
+    keys = pair_scores.pair_keys(index)
+    cols = ["aesthetic_gap", "clipscore_gap", "vqascore_gap", "different_flag"]
+    out = pair_scores.attach_scores(index.extra, keys, df.iloc[::-1], cols)  # order of the table does not matter
+    np.testing.assert_allclose(out["aesthetic_gap"].to_numpy(), df["aesthetic_gap"].to_numpy())
+    with pytest.raises(HarnessError, match="no row for 1 of 24 pairs"):
+        pair_scores.attach_scores(index.extra, keys, df.iloc[1:], cols)
+    with pytest.raises(HarnessError, match="lacks the columns"):
+        pair_scores.attach_scores(index.extra, keys, df.drop(columns=["vqascore_gap"]), cols)
+    with pytest.raises(HarnessError, match="twice"):
+        pd.concat([df, df.iloc[:1]]).to_parquet(tmp_path / "s" / "part-00009.parquet")
+        pair_scores.read_scores(tmp_path / "s")
+
+
+def test_official_csv_is_read_by_split_row(tmp_path):
+    csv = pd.DataFrame({"different_flag": [1, 0, 1, 1], "aesthetic_gap": [0.1, 0.2, 0.3, 0.4],
+                        "clipscore_gap": [1.0, 2.0, 3.0, 4.0], "vqascore_gap": [0.5, 0.6, 0.7, 0.8]})
+    csv.to_csv(tmp_path / "mp.csv", index=False)
+    out = pair_scores.official_csv_scores(tmp_path / "mp.csv", ["a", "b"], [3, 1])
+    assert list(out["key"]) == ["a", "b"] and list(out["aesthetic_gap"]) == [0.4, 0.2]
+    with pytest.raises(HarnessError, match="row-aligned"):
+        pair_scores.official_csv_scores(tmp_path / "mp.csv", ["a"], [4])
+
+
+def test_score_pairs_run_records_its_cost_and_resumes(tiny_pairs, tmp_path):
+    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run, scores_dir
+
+    req = ScorePairsRequest(pairs=str(tiny_pairs), out_root=str(tmp_path / "runs"), shard_pairs=8)
+    run = score_pairs_run(req, scorers=_scorers(), log=lambda m: None)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "done" and info["n_pairs"] == 24 and info["gpu_h_pair_scores"] > 0
+    assert len(pair_scores.read_scores(scores_dir(run))) == 24
+    with pytest.raises(HarnessError, match="already exists and is finished"):
+        score_pairs_run(req, scorers=_scorers(), log=lambda m: None)  # the same inputs give the same run id
+    (run / "DONE").unlink()  # as if killed after shard 1 ...
+    (scores_dir(run) / "part-00002.parquet").unlink()  # ... before shard 2 was written
+    calls = []
+    scorers = {k: (lambda f: lambda im, caps: (calls.append(len(caps)), f(im, caps))[1])(f) for k, f in _scorers().items()}
+    again = ScorePairsRequest(pairs=str(tiny_pairs), out_root=str(tmp_path / "runs"), shard_pairs=8, resume=True)
+    resumed = score_pairs_run(again, scorers=scorers, log=lambda m: None)
+    assert resumed == run and (run / "DONE").exists()
+    assert sum(calls) == 3 * 2 * 8  # only the 8 pairs of shard 2: 3 scores x 2 images
+    assert len(pair_scores.read_scores(scores_dir(run))) == 24
+    with pytest.raises(HarnessError, match="not a score-pairs run"):
+        scores_dir(tmp_path)
+
+
+def test_split_rows_count_across_shards(tmp_path):
+    from helpers import write_pairs_dir
+
+    src = write_pairs_dir(tmp_path / "p", n_per_split=(10, 4, 4))
+    df = pd.read_parquet(src / "train.parquet")
+    (tmp_path / "hf" / "data").mkdir(parents=True)
+    df.iloc[:6].to_parquet(tmp_path / "hf" / "data" / "train-00000-of-00002.parquet")
+    bad = df.iloc[6:].copy()
+    bad.loc[bad.index[0], "label_0"] = 7.0  # a broken row: filtered, but it still counts in the split's rows
+    bad.to_parquet(tmp_path / "hf" / "data" / "train-00001-of-00002.parquet")
+    index = open_pairs(tmp_path / "hf", "train", max_bad_frac=0.2)
+    assert list(pair_scores.split_rows(index)) == [0, 1, 2, 3, 4, 5, 7, 8, 9]
