@@ -30,6 +30,8 @@ DATA_DIR = typer.Option(None, "--data-dir", help="Local directory with datasets/
 DEVICE = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
 PRECISION = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16: autocast of the updates with fp32 master "
                          "weights; frozen weights cast to bf16/fp16; fp16 adds loss scaling")
+PAIR_SCORES = typer.Option(None, "--pair-scores", help="A score-pairs run whose per-pair scores feed the reward "
+                           "model's data filter (MPCF) on data without them (Pick-a-Pic)")
 GRAD_CKPT = typer.Option(False, "--grad-ckpt", help="Gradient checkpointing of the UNet (recompute activations in "
                          "the backward pass: less memory, one extra forward)")
 
@@ -86,7 +88,8 @@ def train(
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Checkpoint every N updates"),
     rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
     reward_model: Optional[Path] = typer.Option(
-        None, "--reward-model", help="Use this trained step reward model instead of training one"),
+        None, "--reward-model", help="Use this step reward model instead of training one: a saved model "
+        "directory or released:NAME (lpo-bench list)"),
     pairs: Optional[Path] = typer.Option(
         None, "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy; toy default: the demo's)"),
     weights_dir: Optional[Path] = WEIGHTS_DIR,
@@ -95,6 +98,7 @@ def train(
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
     grad_ckpt: bool = GRAD_CKPT,
+    pair_scores: Optional[Path] = PAIR_SCORES,
 ) -> None:
     """Train a method on a backbone (its reward-model stage first, unless --reward-model is given).
 
@@ -110,7 +114,7 @@ def train(
         overwrite=overwrite, resume=resume, budget_gpu_h=budget_gpu_h, eval_suite=eval_suite,
         eval_every_gpu_s=eval_every_gpu_s, eval_prompts=eval_prompts, checkpoint_every_updates=checkpoint_every,
         weights_dir=_str(weights_dir), data_dir=_str(data_dir), device=device, precision=precision,
-        gradient_checkpointing=grad_ckpt,
+        gradient_checkpointing=grad_ckpt, pair_scores=_str(pair_scores),
     )
     typer.echo(f"run: {train_run(req)}")
 
@@ -136,6 +140,7 @@ def train_reward(
     device: Optional[str] = DEVICE,
     precision: str = PRECISION,
     grad_ckpt: bool = GRAD_CKPT,
+    pair_scores: Optional[Path] = PAIR_SCORES,
 ) -> None:
     """Train a step-level reward model as its own run; pass its model directory to train --reward-model."""
     _allow_download(download)
@@ -146,9 +151,38 @@ def train_reward(
         kind=kind, backbone=backbone, seed=seed, config_file=str(config) if config else None,
         overrides=config_mod.parse_set(set_), pairs=_str(pairs), out_root=_str(out_root), overwrite=overwrite,
         resume=resume, weights_dir=_str(weights_dir), device=device, precision=precision,
-        gradient_checkpointing=grad_ckpt,
+        gradient_checkpointing=grad_ckpt, pair_scores=_str(pair_scores),
     )
     typer.echo(f"run: {train_reward_run(req)}")
+
+
+@app.command("score-pairs")
+def score_pairs(
+    pairs: Path = typer.Option(..., "--pairs", help="Preference pairs (toy pairs dir or local Pick-a-Pic copy)"),
+    split: str = typer.Option("train", "--split"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Decode size (default: native for toy "
+                                             "pairs, 512 otherwise)"),
+    shard_pairs: int = typer.Option(4096, "--shard-pairs", help="Pairs per written shard (the unit of --resume)"),
+    batch_pairs: int = typer.Option(64, "--batch-pairs"),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers decoding images"),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="Score only the first N rows"),
+    out_root: Optional[Path] = OUT_ROOT,
+    overwrite: bool = OVERWRITE,
+    resume: bool = RESUME,
+    weights_dir: Optional[Path] = WEIGHTS_DIR,
+    download: bool = DOWNLOAD,
+    device: Optional[str] = DEVICE,
+) -> None:
+    """Score both images of every pair (aesthetic, CLIP, VQA) into a side table for MPCF; pass the run to
+    train / train-reward --pair-scores. Its GPU-hours are charged to the reward model in compare."""
+    _allow_download(download)
+    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run
+
+    req = ScorePairsRequest(pairs=str(pairs), split=split, resolution=resolution, shard_pairs=shard_pairs,
+                            batch_pairs=batch_pairs, num_workers=num_workers, max_rows=max_rows,
+                            out_root=_str(out_root), overwrite=overwrite, resume=resume,
+                            weights_dir=_str(weights_dir), device=device)
+    typer.echo(f"run: {score_pairs_run(req)}")
 
 
 @app.command("eval")

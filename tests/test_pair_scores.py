@@ -97,7 +97,14 @@ def test_score_pairs_run_records_its_cost_and_resumes(tiny_pairs, tmp_path):
     (run / "DONE").unlink()  # as if killed after shard 1 ...
     (scores_dir(run) / "part-00002.parquet").unlink()  # ... before shard 2 was written
     calls = []
-    scorers = {k: (lambda f: lambda im, caps: (calls.append(len(caps)), f(im, caps))[1])(f) for k, f in _scorers().items()}
+
+    def counted(fn):
+        def score(im, caps):
+            calls.append(len(caps))
+            return fn(im, caps)
+        return score
+
+    scorers = {k: counted(fn) for k, fn in _scorers().items()}
     again = ScorePairsRequest(pairs=str(tiny_pairs), out_root=str(tmp_path / "runs"), shard_pairs=8, resume=True)
     resumed = score_pairs_run(again, scorers=scorers, log=lambda m: None)
     assert resumed == run and (run / "DONE").exists()
@@ -119,3 +126,39 @@ def test_split_rows_count_across_shards(tmp_path):
     bad.to_parquet(tmp_path / "hf" / "data" / "train-00001-of-00002.parquet")
     index = open_pairs(tmp_path / "hf", "train", max_bad_frac=0.2)
     assert list(pair_scores.split_rows(index)) == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+
+
+def test_reward_model_trains_on_scored_pairs_and_the_table_is_in_its_identity(tiny_pairs, tmp_path):
+    """Pick-a-Pic-like pairs without MPCF columns: refused with a hint; scored by `score-pairs` with the toy metrics,
+    then the LRM filters on the joined table, whose hash is part of the run identity and whose cost compare finds."""
+    from lpo_bench.harness.reward_run import RewardRequest, train_reward_run
+    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run
+    from lpo_bench.models import tiny
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for split in ("train", "val"):
+        df = pd.read_parquet(tiny_pairs / f"{split}.parquet")
+        df.drop(columns=["different_flag", "aesthetic_gap", "clipscore_gap", "vqascore_gap"]).to_parquet(
+            bare / f"{split}.parquet")
+    over = {"max_updates": "1", "batch_pairs": "4", "warmup_updates": "1", "max_val_pairs": "4",
+            "timestep_stride": "475", "mpcf_strategy": "2"}
+
+    def lrm(root, **kw):
+        req = RewardRequest(kind="lrm", backbone="sd15", pairs=str(bare), out_root=str(root), overrides=dict(over), **kw)
+        return train_reward_run(req, bundle=tiny.tiny_bundle("sd15", seed=0), log=lambda *_: None)
+
+    with pytest.raises(HarnessError, match="lpo-bench score-pairs"):
+        lrm(tmp_path / "r0")
+    scores = score_pairs_run(ScorePairsRequest(pairs=str(bare), metrics={"aesthetic": "toy-aesthetic", "clipscore":
+                                               "toy-clip", "vqascore": "toy-vqa"}, out_root=str(tmp_path / "s")),
+                             log=lambda m: None)
+    table = pair_scores.read_scores(scores / "scores")
+    assert table[["aesthetic_gap", "clipscore_gap", "vqascore_gap"]].notna().all().all()
+    run = lrm(tmp_path / "r1", pair_scores=str(scores))
+    info = json.loads((run / "run.json").read_text())
+    assert info["inputs"]["pair_scores"] == str(scores)
+    assert info["identity"]["inputs"]["pair_scores"]  # the table's hash moves the run id
+    with pytest.raises(HarnessError, match="does not have; drop --pair-scores"):
+        train_reward_run(RewardRequest(kind="spm", backbone="sd15", pairs=str(bare), out_root=str(tmp_path / "r2"),
+                                       pair_scores=str(scores)), bundle=tiny.tiny_bundle("sd15", seed=0))

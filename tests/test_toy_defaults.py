@@ -73,4 +73,4 @@ def test_a_toy_reward_run_without_pairs_reads_the_default_pairs(built, tmp_path)
     run_dir = train_reward_run(req, bundle=tiny_bundle("sd15", seed=0), log=lambda *_: None,
                                default_pairs=lambda root, log: out)
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["inputs"] == {"pairs": str(out), "pairs_sha256": data_manifest_sha256(out)}
+    assert info["inputs"] == {"pairs": str(out), "pairs_sha256": data_manifest_sha256(out), "pair_scores": None}

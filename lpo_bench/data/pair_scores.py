@@ -23,6 +23,8 @@ from lpo_bench.errors import HarnessError
 
 SCORE_NAMES = ("aesthetic", "clipscore", "vqascore")
 PART_GLOB = "part-*.parquet"
+SCORES_DIR = "scores"  # the table's folder inside a score-pairs run
+MPCF_COLUMNS = ("different_flag", "aesthetic_gap", "clipscore_gap", "vqascore_gap")
 
 # (images [b,3,H,W] float in [0,1], prompts) -> scores [b]
 ScoreFn = Callable[[Any, Sequence[str]], Any]
@@ -132,6 +134,25 @@ def attach_scores(extra: Any, keys: Sequence[str], scores: Any, columns: Sequenc
     for c in columns:
         out[c] = found[c].to_numpy()
     return out
+
+
+def table_dir(path: str | Path) -> Path:
+    """The score table of ``--pair-scores PATH``: a score-pairs run directory or its scores/ folder."""
+    p = Path(path)
+    if (p / SCORES_DIR).is_dir():
+        return p / SCORES_DIR
+    if p.is_dir() and any(p.glob(PART_GLOB)):
+        return p
+    raise HarnessError(f"--pair-scores {p} is not a score-pairs run (no {SCORES_DIR}/ with {PART_GLOB}); "
+                       f"run `lpo-bench score-pairs --pairs DIR` first")
+
+
+def with_scores(index: Any, path: str | Path, columns: Sequence[str] = MPCF_COLUMNS) -> Any:
+    """``index`` (a PairIndex) with ``columns`` of the score table at ``path`` joined onto its metadata by key."""
+    import dataclasses
+
+    extra = attach_scores(index.extra, pair_keys(index), read_scores(table_dir(path)), columns)
+    return dataclasses.replace(index, extra=extra)
 
 
 def split_rows(index: Any) -> np.ndarray:

@@ -29,6 +29,8 @@ class RunInputs:
     ``pairs_sha256``, a manifest hash (shard names, sizes, parquet footers), so a moved copy keeps its identity.
     ``reward_model``: a trained step reward model to use instead of training one; identified by its files' hash.
     ``reward_stage_overrides``: config overrides of the reward-model stage (``--rm-set``).
+    ``pair_scores``: a per-pair score table (``lpo-bench score-pairs``) joined onto the pairs' metadata for a
+    reward model's data filter; identified by the manifest hash of its shards.
     """
 
     pairs: Path | None = None
@@ -36,11 +38,14 @@ class RunInputs:
     reward_model: Path | None = None
     reward_model_sha256: str | None = None
     reward_stage_overrides: dict[str, Any] = field(default_factory=dict)
+    pair_scores: Path | None = None
+    pair_scores_sha256: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The hashed part: content identities, never paths."""
         return {"pairs": self.pairs_sha256, "reward_model": self.reward_model_sha256,
-                "reward_stage_overrides": {k: str(v) for k, v in sorted(self.reward_stage_overrides.items())}}
+                "reward_stage_overrides": {k: str(v) for k, v in sorted(self.reward_stage_overrides.items())},
+                **({"pair_scores": self.pair_scores_sha256} if self.pair_scores_sha256 else {})}
 
 
 class PromptSource(Protocol):

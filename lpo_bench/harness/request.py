@@ -15,6 +15,7 @@ class RunRequest:
     config_file: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     pairs: str | None = None
+    pair_scores: str | None = None  # a score-pairs run (or its scores/ folder) joined onto the pairs' metadata
     out_root: str | None = None
     run_id: str | None = None
     overwrite: bool = False

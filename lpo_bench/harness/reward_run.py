@@ -25,6 +25,7 @@ from lpo_bench.harness.method import RunInputs, TrainContext
 from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
+from lpo_bench.harness.score_run import pair_scores_inputs
 from lpo_bench.ledger import Phase, check_identity
 from lpo_bench.toy.default_pairs import default_toy_pairs
 
@@ -49,11 +50,13 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
     device = pick_device(req.device)
     trainer_cls = registry.load_target(stage.trainer)
     check_precision(req.precision, device, loss_scaling={stage.name: bool(getattr(trainer_cls, "loss_scaling", False))})
+    if req.pair_scores and "pair_scores" not in stage.inputs:
+        raise HarnessError(f"--pair-scores feeds a data filter that {stage.name} does not have; drop --pair-scores")
     if not req.pairs and req.backbone != "toy":
         raise HarnessError("--pairs is required: a toy pairs directory (`lpo-bench toy make-pairs`) or a local "
                            "Pick-a-Pic copy")
     pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
-    inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs))
+    inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs), **pair_scores_inputs(req.pair_scores))
     identity = {"kind": "reward", "reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
                 "config": config_dict(cfg), "inputs": inputs.identity(), "precision": req.precision,
                 "gradient_checkpointing": req.gradient_checkpointing}
@@ -84,7 +87,8 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
         with ledger.phase(Phase.CHECKPOINT):
             run.start({"reward_model": stage.name, "backbone": req.backbone, "seed": req.seed,
                        "config": config_dict(cfg), "config_hash": run.identity_sha256,
-                       "inputs": {"pairs": str(inputs.pairs), "pairs_sha256": inputs.pairs_sha256},
+                       "inputs": {"pairs": str(inputs.pairs), "pairs_sha256": inputs.pairs_sha256,
+                                  "pair_scores": str(inputs.pair_scores) if inputs.pair_scores else None},
                        "model_dir": str(run.dir / "model"), "precision": req.precision,
                        "gradient_checkpointing": req.gradient_checkpointing},
                       bundle_provenance=bundle.provenance, backbone=req.backbone,

@@ -20,13 +20,13 @@ from lpo_bench import progress
 from lpo_bench.data import pair_scores
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.dist import make_dist, pick_device
-from lpo_bench.harness.identity import data_manifest_sha256
+from lpo_bench.harness.identity import data_manifest_sha256, files_manifest_sha256
 from lpo_bench.harness.loop import open_ledger
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.ledger import Phase, check_identity
 
 RUN_KIND = "pair_scores"
-SCORES_DIR = "scores"
+SCORES_DIR = pair_scores.SCORES_DIR
 # score name -> metric id. Real data: the LAION aesthetic head and CLIP score as the authors used (their CLIP was
 # ViT-H-14, Kwai-Kolors/LPO issue #3); BLIP-VQA stands in for VQAScore (CLIP-FlanT5-XXL), whose package does not
 # install on current stacks. Toy data: the toy world's own three scores.
@@ -130,12 +130,16 @@ def _scorers(metrics: dict[str, str], given: dict[str, Any] | None, device: str,
     return fns, prov
 
 
+def pair_scores_inputs(path: str | None) -> dict[str, Any]:
+    """The RunInputs fields of ``--pair-scores PATH`` (none without it): the run directory (so ``compare`` finds its
+    cost) and the manifest hash of its shards."""
+    if not path:
+        return {}
+    table = scores_dir(path)
+    run = table.parent if table.name == SCORES_DIR else table
+    return {"pair_scores": run, "pair_scores_sha256": files_manifest_sha256(table, sorted(table.glob(pair_scores.PART_GLOB)))}
+
+
 def scores_dir(path: str | Path) -> Path:
-    """The score table of ``--pair-scores PATH``: a score-pairs run directory or its scores/ folder."""
-    p = Path(path)
-    if (p / SCORES_DIR).is_dir():
-        return p / SCORES_DIR
-    if p.is_dir() and any(p.glob(pair_scores.PART_GLOB)):
-        return p
-    raise HarnessError(f"--pair-scores {p} is not a score-pairs run (no {SCORES_DIR}/ with {pair_scores.PART_GLOB}); "
-                       f"run `lpo-bench score-pairs --pairs DIR` first")
+    """The score table of ``--pair-scores PATH`` (see :func:`lpo_bench.data.pair_scores.table_dir`)."""
+    return pair_scores.table_dir(path)

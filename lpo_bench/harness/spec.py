@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # The inputs a method (or its reward-model stage) can read; each is a typed field of the run identity.
-INPUT_KINDS = ("pairs", "prompts", "reward_model")
+INPUT_KINDS = ("pairs", "prompts", "reward_model", "pair_scores")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
 from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
+from lpo_bench.harness.score_run import pair_scores_inputs
 from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
 from lpo_bench.toy.default_pairs import default_toy_pairs
 
@@ -94,6 +95,9 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
         raise HarnessError(f"{what} needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                            f"make-pairs`, or a local Pick-a-Pic copy)"
                            + (f", or a trained {stage.name} with --reward-model DIR" if train_stage else ""))
+    if req.pair_scores and "pair_scores" not in needs:
+        raise HarnessError(f"--pair-scores feeds a reward-model stage's data filter, and {spec.name} trains none that "
+                           f"reads it here; drop --pair-scores")
     released = reward_stage.resolve_released(stage, req.reward_model, req.backbone, req.weights_dir) \
         if req.reward_model and reward_stage.is_released(req.reward_model) else None
     rm = Path(req.reward_model) if req.reward_model and released is None else None
@@ -104,7 +108,8 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
         pairs = Path(req.pairs) if req.pairs else default_pairs(records.runs_root(req.out_root), log=log)
     inputs = RunInputs(pairs=pairs, pairs_sha256=data_manifest_sha256(pairs) if pairs else None,
                        reward_model=rm, reward_model_sha256=released.sha256 if released else dir_sha256(rm) if rm else None,
-                       reward_stage_overrides=dict(req.reward_stage_overrides))
+                       reward_stage_overrides=dict(req.reward_stage_overrides),
+                       **pair_scores_inputs(req.pair_scores))
     method_cls = registry.load_target(spec.method)
     identity = {
         "kind": "train", "method": spec.name, "method_version": str(getattr(method_cls, "version", "1")),

@@ -30,4 +30,5 @@ LRM_SPEC = StepRewardModelSpec(
     marker_file="lrm_config.json",
     random_model="lpo_bench.methods.lpo.bench:random_lrm",
     summary="Latent Reward Model: the backbone's own denoiser scoring noisy latents x_t at any t",
+    inputs=frozenset({"pairs", "pair_scores"}),  # pair_scores: MPCF's gap columns for data that lacks them
 )

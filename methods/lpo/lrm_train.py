@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lpo_bench.analysis import stats
+from lpo_bench.data import pair_scores
 from lpo_bench.data.global_batch import LocalChunk, RankBatches
 from lpo_bench.data.pairs import GAP_COLUMNS, load_pairs, open_pairs
 from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
@@ -50,6 +51,8 @@ class LRMTrainer:
             raise HarnessError("LRM training needs preference pairs: pass --pairs DIR (toy pairs from `lpo-bench toy "
                                "make-pairs`, or a local Pick-a-Pic v1 copy), or a trained LRM with --reward-model DIR")
         train = open_pairs(pairs_src, "train", max_rows=cfg.max_train_pairs)  # metadata only
+        if ctx.inputs.pair_scores is not None:  # MPCF columns computed by `lpo-bench score-pairs`
+            train = pair_scores.with_scores(train, ctx.inputs.pair_scores)
         self.kept_before, self.train = len(train), self._filter(train)
         self.val = load_pairs(pairs_src, "val", resolution=bundle.resolution, drop_ties=True, max_rows=cfg.max_val_pairs)
         ctx.log(f"[lrm] {len(self.train)} training pairs after MPCF strategy {cfg.mpcf_strategy} "
@@ -81,8 +84,8 @@ class LRMTrainer:
             return pairs
         if not all(c in pairs.extra.columns for c in (*GAP_COLUMNS, "different_flag")):
             raise HarnessError(f"MPCF strategy {self.cfg.mpcf_strategy} needs the columns {list(GAP_COLUMNS)} and "
-                               f"different_flag in {pairs.source}; compute them (toy pairs include them) or pass "
-                               f"--set mpcf_strategy=0")
+                               f"different_flag in {pairs.source}; compute them with `lpo-bench score-pairs --pairs DIR` "
+                               f"and pass --pair-scores RUN (toy pairs include them), or pass --set mpcf_strategy=0")
         e = pairs.extra
         keep = mpcf_keep(e["different_flag"].to_numpy(), e["aesthetic_gap"].to_numpy(), e["clipscore_gap"].to_numpy(),
                          e["vqascore_gap"].to_numpy(), strategy=self.cfg.mpcf_strategy)
