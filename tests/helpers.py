@@ -77,3 +77,32 @@ def tiny_diffusers_dir(
     out = Path(tmp_path) / f"tiny-{family}"
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def launch(script, args, nproc: int, timeout: int = 300) -> None:
+    """Run ``script args`` as one plain process (``nproc`` 1) or under ``torchrun --nproc_per_node nproc`` (gloo on
+    the CPU, a free port), in a new process group so a hang kills torchrun's workers too; asserts it succeeded."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if nproc > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc),
+                    "--master_port", str(port)]
+    else:
+        launcher = [sys.executable]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*launcher, str(script), *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]

@@ -2,16 +2,13 @@
 the same LoRA weights within float tolerance; the two ranks, whose shares of pairs are uneven (one rank holds none
 in some updates), keep bit-identical weights. Settings: ``tests/scripts/stepwise_ddp.py``."""
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch
 
 SCRIPT = Path(__file__).parent / "scripts" / "stepwise_ddp.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -22,25 +19,8 @@ pytestmark = [pytest.mark.slow,
                                  reason="torchrun not installed")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(args: list[str], nproc: int, timeout: int = 300) -> None:
-    """Run the script on ``nproc`` processes in a new process group, so a hang kills torchrun's workers too."""
-    launcher = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_port", str(_free_port())] if nproc > 1 \
-        else [sys.executable]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    launch(SCRIPT, args, nproc, timeout)
 
 
 @pytest.fixture(scope="module", params=["lpo", "spo"])

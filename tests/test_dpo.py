@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import method_ctx
+from helpers import launch, method_ctx
 
 from lpo_bench.baselines.diffusion_dpo.config import DiffusionDPOConfig
 from lpo_bench.baselines.diffusion_dpo.losses import (
@@ -190,23 +190,8 @@ def test_dpo_through_the_harness_exports_lora(tiny_pairs, tmp_path):
 def test_two_processes_sum_gradients_into_identical_weights(tiny_pairs, tmp_path):
     """Full fine-tuning under 2 gloo ranks: each rank sees different pairs, the all-reduced gradients keep the
     two UNets bitwise identical."""
-    import os
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
 
-    script = Path(__file__).parent / "scripts" / "baselines_ddp.py"
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
-           str(29300 + os.getpid() % 300), str(script), "diffusion-dpo", str(tiny_pairs), str(tmp_path)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    launch(Path(__file__).parent / "scripts" / "baselines_ddp.py", ["diffusion-dpo", tiny_pairs, tmp_path], 2)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["updates"] == 2 and r0["weights_sha256"] == r1["weights_sha256"]

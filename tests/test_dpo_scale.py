@@ -2,17 +2,13 @@
 undecodable pairs, global batches (micro-batching and process count do not change an update)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import method_ctx
+from helpers import launch, method_ctx
 
 from lpo_bench.baselines.diffusion_dpo.config import DiffusionDPOConfig
 from lpo_bench.config import build_config
@@ -130,20 +126,8 @@ def test_micro_batching_does_not_change_an_update(tiny_pairs, tmp_path):
 def test_two_processes_train_on_the_pairs_and_reach_the_weights_of_one(tiny_pairs, tmp_path):
     """5 pairs per update (global) over 2 gloo ranks (3 + 2): the same pairs, in order, with the same timesteps as one
     process; both ranks end bitwise equal, and equal to one process up to float summation order."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    port = str(29000 + os.getpid() % 500)
-    for cmd in ([sys.executable, str(SCRIPT), str(tiny_pairs), str(tmp_path / "one")],
-                [torchrun, "--nproc_per_node", "2", "--master_port", port, str(SCRIPT), str(tiny_pairs),
-                 str(tmp_path / "two")]):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _, err = proc.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-        assert proc.returncode == 0, err[-3000:]
+    launch(SCRIPT, [tiny_pairs, tmp_path / "one"], 1)
+    launch(SCRIPT, [tiny_pairs, tmp_path / "two"], 2)
     one = torch.load(tmp_path / "one" / "rank0.pt")
     r0, r1 = (torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1))
     assert len(one["seen"]) == len(r0["seen"]) == 3

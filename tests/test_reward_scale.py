@@ -3,17 +3,13 @@ processes, streamed training data, and the switches for the official preprocessi
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import method_ctx
+from helpers import launch, method_ctx
 
 from lpo_bench.config import build_config, load_target_config
 from lpo_bench.data.global_batch import decoded_positions, epoch_order, global_batch_indices, rank_slice
@@ -370,18 +366,7 @@ def test_spm_saves_and_loads_its_resize_switch(tmp_path):
 
 # ---------------------------------------------------------------------------- two processes
 def _launch(kind, pairs, out, nproc):
-    script = Path(__file__).parent / "scripts" / "rm_ddp.py"
-    launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
-                str(29300 + os.getpid() % 200 + (0 if kind == "lrm" else 250))] if nproc > 1 else [sys.executable]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, str(script), kind, str(pairs), str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    launch(Path(__file__).parent / "scripts" / "rm_ddp.py", [kind, pairs, out], nproc)
 
 
 @pytest.mark.slow
@@ -424,3 +409,17 @@ def test_two_processes_train_the_one_process_model(kind, tiny_pairs, tmp_path):
     mine = share(5, 0, 2).stop - share(5, 0, 2).start  # rank 0 (the ledger's writer) holds 3 of 5 pairs
     assert c1["reward_fwdbwd"] == 2 * 5 * updates and c2["reward_fwdbwd"] == 2 * mine * updates
     assert (runs["two"] / "model").is_dir() and not (runs["two"] / ".model.tmp").exists()
+
+
+def test_pair_ce_batch_sums_by_hand():
+    from lpo_bench.methods.stepwise.losses import pair_ce_batch_sums
+
+    s0, s1 = torch.tensor([2.0, 0.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0, 0.0])
+    label = torch.tensor([1.0, 1.0, 0.5, 0.0])  # right, wrong, a tie (never counted), wrong
+    per = torch.tensor([0.5, 1.5, 0.0, 3.0])
+    w = torch.tensor([1.0, 0.5, 2.0, 0.25])
+    got = pair_ce_batch_sums(per, s0, s1, label, w)
+    assert got.dtype == torch.float64 and got.tolist() == [0.5 + 0.75 + 0.0 + 0.75, 1.0, 3.0]
+    # a tie with s0 == s1 and a win/lose pair with equal scores count as not correct
+    eq = pair_ce_batch_sums(torch.zeros(2), torch.ones(2), torch.ones(2), torch.tensor([1.0, 0.5]), torch.ones(2))
+    assert eq.tolist() == [0.0, 0.0, 1.0]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import PROMPTS, method_ctx
+from helpers import PROMPTS, launch, method_ctx
 
 from lpo_bench.baselines.spo.spm import StepAwarePreferenceModel, timestep_embedding
 
@@ -255,24 +255,9 @@ def test_spo_through_the_harness_trains_the_spm_first(tiny_pairs, tmp_path):
 
 
 def _torchrun(args, nproc):
-    import os
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
 
-    script = Path(__file__).parent / "scripts" / "baselines_ddp.py"
-    launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
-                str(29600 + os.getpid() % 300)] if nproc > 1 else [sys.executable]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, str(script), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    launch(Path(__file__).parent / "scripts" / "baselines_ddp.py", args, nproc)
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from lpo_bench.data.global_batch import LocalChunk, RankBatches
 from lpo_bench.data.pairs import load_pairs, open_pairs
 from lpo_bench.diffusion.seeding import purpose_generator
 from lpo_bench.errors import HarnessError
-from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, reward_model_lr
+from lpo_bench.methods.stepwise.losses import pair_ce_batch_sums, pair_ce_per_pair, reward_model_lr
 
 
 def lr_at(step: int, cfg: SPMConfig) -> float:
@@ -137,10 +137,7 @@ class SPMTrainer:
             lab, w = self.label[chunk.rows].to(dev), self.weight[chunk.rows].to(dev, torch.float32)
             per = pair_ce_per_pair(s0, s1, lab)  # PickScore's cross-entropy, the LRM's too
             self.ctx.precision.backward((per * w).sum() / w_total)  # loss-scaled under fp16
-            with torch.no_grad():
-                win = ((s0 > s1) & (lab == 1)) | ((s0 < s1) & (lab == 0))
-                sums += torch.stack([(per.detach() * w).sum().double().cpu(), win.sum().double().cpu(),
-                                     (lab != 0.5).sum().double().cpu()])
+            sums += pair_ce_batch_sums(per, s0, s1, lab, w)
         self.ctx.dist.sum_grads_(self.params)  # the global batch's gradient on every process
         gnorm = self.ctx.precision.clip_and_step(self.opt, self.params, cfg.grad_clip_norm)  # clip (0: off), step
         self.opt.zero_grad(set_to_none=True)

@@ -31,7 +31,7 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.methods.lpo.lrm import LatentRewardModel, clip_l14_text_projection
 from lpo_bench.methods.lpo.lrm_config import LRMConfig
 from lpo_bench.methods.lpo.mpcf import mpcf_keep
-from lpo_bench.methods.stepwise.losses import pair_ce_per_pair, reward_model_lr
+from lpo_bench.methods.stepwise.losses import pair_ce_batch_sums, pair_ce_per_pair, reward_model_lr
 
 
 def lr_at(step: int, cfg: LRMConfig) -> float:
@@ -138,10 +138,7 @@ class LRMTrainer:
             per = pair_ce_per_pair(s0, s1, lab)
             self.ctx.precision.backward((per * w).sum() / w_total)  # loss-scaled under fp16
             self.ctx.ledger.count("reward_fwdbwd", 2 * m)
-            with torch.no_grad():
-                win = ((s0 > s1) & (lab == 1)) | ((s0 < s1) & (lab == 0))
-                sums += torch.stack([(per.detach() * w).sum().double().cpu(), win.sum().double().cpu(),
-                                     (lab != 0.5).sum().double().cpu()])
+            sums += pair_ce_batch_sums(per, s0, s1, lab, w)
         self.ctx.dist.sum_grads_(self.params)  # the global batch's gradient on every process
         gnorm = self.ctx.precision.clip_and_step(self.opt, self.params, cfg.grad_clip_norm)  # clip (0: off), step
         sums = sums.to(dev)

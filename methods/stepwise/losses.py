@@ -31,6 +31,18 @@ def pair_ce_loss(
     return (per * w).sum() / w.sum()
 
 
+def pair_ce_batch_sums(per: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor, label_0: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """The log sums of a reward-model micro-batch, float64 [3] on the CPU: Σ w_n ℓ_n (ℓ from ``pair_ce_per_pair``),
+    the decided pairs the scores order correctly (s0 > s1 when ℓ0 = 1, s0 < s1 when ℓ0 = 0; ties never count), and
+    the decided pairs (ℓ0 ≠ 0.5). Summed over micro-batches and ranks, they give the global batch's weighted mean
+    loss (÷ Σ w) and accuracy (÷ decided)."""
+    with torch.no_grad():
+        win = ((s0 > s1) & (label_0 == 1)) | ((s0 < s1) & (label_0 == 0))
+        return torch.stack([(per.detach() * weight).sum().double(), win.sum().double(),
+                            (label_0 != 0.5).sum().double()]).cpu()
+
+
 WARMUP_SHAPES = ("log", "linear")
 
 
