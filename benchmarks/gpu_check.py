@@ -169,8 +169,9 @@ def train_step(backbone: str, name: str, args: argparse.Namespace, res: Results,
                            log=lambda *_: None, precision=amp, gradient_checkpointing=ckpt)
         method = registry.load_target(spec.method)()
         _, s_setup, peak_setup = meter(lambda: method.setup(ctx))
-        amp.cast_frozen_bundle(bundle)
-        est = memory.estimate(bundle, method, cfg, precision=args.precision, checkpointing=ckpt)
+        exact = bool(getattr(method, "fp32_log_ratio", False))  # as the harness: its log-ratio passes stay fp32
+        amp.cast_frozen_bundle(bundle, keep_unet=exact)
+        est = memory.estimate(bundle, method, cfg, precision="fp32" if exact else args.precision, checkpointing=ckpt)
 
         def one_update() -> dict[str, float]:
             with ledger.step(0), amp.autocast():

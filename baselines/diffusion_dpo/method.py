@@ -78,8 +78,6 @@ class DiffusionDPO:
             self.ref_unet = None
         else:
             self.ref_unet = None if cfg.sft else copy.deepcopy(self.unet).requires_grad_(False).eval()
-            if self.ref_unet is not None:
-                ctx.precision.cast_frozen(self.ref_unet)
             self.unet.requires_grad_(True)
             self.params = [p for p in self.unet.parameters() if p.requires_grad]
         if cfg.gradient_checkpointing:
@@ -95,6 +93,12 @@ class DiffusionDPO:
                 f"{'LoRA r=' + str(cfg.lora_rank) if cfg.lora_rank else 'full UNet'}, lr {self.lr_peak:.3g}, "
                 f"{cfg.pairs_per_update} pairs/update over {ctx.world_size} ranks (rank {ctx.rank}: "
                 f"{self.pairs_per_rank} = {self.accum_steps} × <= {cfg.micro_batch_pairs})")
+
+    @property
+    def fp32_log_ratio(self) -> bool:
+        """The policy and reference passes of the DPO loss run in fp32 under --precision bf16/fp16 (precision.py);
+        the SFT variant has no reference."""
+        return not self.cfg.sft
 
     @property
     def accum_steps(self) -> int:
@@ -224,10 +228,11 @@ class DiffusionDPO:
             return {"loss": float(per.detach().sum()), "mse_w": float(per.detach().sum())}
         both = PromptEmbeds.cat([embeds, embeds])
         x, tt, target = torch.cat([xt_w, xt_l]), torch.cat([t, t]), torch.cat([eps, eps])
-        err_w, err_l = per_sample_mse(bundle.unet_forward(x, tt, both, self.unet), target).chunk(2)
+        with self.ctx.precision.exact():  # beta x (policy - reference): bf16 rounding would exceed the difference
+            err_w, err_l = per_sample_mse(bundle.unet_forward(x, tt, both, self.unet), target).chunk(2)
+            with torch.no_grad(), self._reference() as ref:
+                ref_w, ref_l = per_sample_mse(bundle.unet_forward(x, tt, both, ref), target).chunk(2)
         ledger.count("unet_fwdbwd", 2 * n)
-        with torch.no_grad(), self._reference() as ref:
-            ref_w, ref_l = per_sample_mse(bundle.unet_forward(x, tt, both, ref), target).chunk(2)
         ledger.count("unet_fwd", 2 * n)
         per = diffusion_dpo_loss(err_w, err_l, ref_w, ref_l, beta_dpo=cfg.beta_dpo)
         self.ctx.precision.backward(per.sum() / cfg.pairs_per_update)

@@ -18,6 +18,14 @@ clip + step lines (unscale, clip, step unless a gradient is inf/NaN, update the 
 and whether the update was skipped. Methods and reward trainers declare that they did so with the class attribute
 ``loss_scaling = True``; ``--precision fp16`` is refused for the others before any model loads.
 
+A method whose loss is beta x (policy pass - reference pass) of the same UNet (a DPO-style log-ratio) declares
+``fp32_log_ratio = True`` and runs those two passes under :meth:`Precision.exact`: autocast off, with the UNet kept
+fp32 (:meth:`cast_frozen_bundle` with ``keep_unet``). Measured on tiny bundles one update from the reference, bf16
+autocast moved LPO's loss from 0.645 to 10.5 and Diffusion-DPO's from 0.693 to 0.613, and on the full-size SD1.5
+UNet it moved LPO's pair logit by 4x-37x the signal (``benchmarks/precision_logratio.py``): early in training the
+policy's difference from its reference is below bf16's resolution, so rounding would decide the gradient's sign.
+Low precision then covers the rest of such a method's work (sampling, reward scoring, frozen encoders).
+
 Gradient checkpointing (``--grad-ckpt``): diffusers' ``enable_gradient_checkpointing()`` on the bundle's UNet
 before the reward stage and the method's setup; the UNet recomputes each ResNet and transformer block's
 activations in the backward pass (one extra forward) instead of storing them. A reward model copied from the
@@ -96,6 +104,15 @@ class Precision:
 
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def exact(self) -> contextlib.AbstractContextManager:
+        """Autocast off (fp32 compute) inside a low-precision region, for the passes whose difference is the loss;
+        a null context for fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast(device_type=self.device_type, enabled=False)
+
     def backward(self, loss: Any) -> None:
         """``loss.backward()``; under fp16 the loss is multiplied by the current loss scale first."""
         if self.scaler is None:
@@ -149,13 +166,14 @@ class Precision:
                 p.data = p.data.to(self.dtype)
         return module
 
-    def cast_frozen_bundle(self, bundle: Any) -> None:
-        """Cast the frozen parameters of the bundle's UNet, VAE and text encoders (:meth:`cast_frozen`); the
-        bundle's activation dtype (``bundle.dtype``: latents, prompt embeddings) stays what it was."""
+    def cast_frozen_bundle(self, bundle: Any, *, keep_unet: bool = False) -> None:
+        """Cast the frozen parameters of the bundle's UNet (unless ``keep_unet``: a method with
+        ``fp32_log_ratio``), VAE and text encoders (:meth:`cast_frozen`); the bundle's activation dtype
+        (``bundle.dtype``: latents, prompt embeddings) stays what it was."""
         if self.dtype is None:
             return
         bundle.activation_dtype = bundle.dtype
-        for m in (bundle.unet, bundle.vae, *bundle.text_encoders):
+        for m in ((() if keep_unet else (bundle.unet,)) + (bundle.vae, *bundle.text_encoders)):
             self.cast_frozen(m)
 
     # ------------------------------------------------------------------ state

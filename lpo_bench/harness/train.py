@@ -157,8 +157,9 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             rm_rows, rm_source = _reward_model(ctx, plan)
             method = plan.method_cls()
             method.setup(ctx)
-            precision.cast_frozen_bundle(bundle)
-            estimate = memory.estimate(bundle, method, plan.cfg, precision=req.precision,
+            exact = bool(getattr(method, "fp32_log_ratio", False))  # its loss passes stay fp32 (precision.py)
+            precision.cast_frozen_bundle(bundle, keep_unet=exact)
+            estimate = memory.estimate(bundle, method, plan.cfg, precision="fp32" if exact else req.precision,
                                        checkpointing=req.gradient_checkpointing, world_size=dist.world_size)
             if dist.is_main:
                 log(f"[{plan.spec.name}] {estimate.line()}")

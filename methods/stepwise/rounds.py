@@ -57,6 +57,7 @@ class StepwiseMethod:
     name: ClassVar[str]
     version: ClassVar[str] = "2"  # 2: global recipes, per-prompt sampling generators
     loss_scaling: ClassVar[bool] = True  # backward and step go through ctx.precision (fp16 loss scaling)
+    fp32_log_ratio: ClassVar[bool] = True  # the policy and reference log-prob passes run in fp32 (precision.py)
 
     # ------------------------------------------------------------------ hooks
     def scorer(self, ids: list[int]) -> sampler.StepScorer:
@@ -101,9 +102,11 @@ class StepwiseMethod:
         for s in range(0, len(batch), micro):
             mb = batch.index(torch.arange(s, min(s + micro, len(batch))))
             cond, uncond = self.cond.index(mb.prompt_idx), self.uncond1.repeat(len(mb))
-            logp_w, logp_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
-            with torch.no_grad(), lora.reference_mode(bundle.unet):
-                ref_w, ref_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
+            with ctx.precision.exact():  # beta x (policy - reference): bf16 rounding would exceed the difference
+                logp_w, logp_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond, settings=self.settings)
+                with torch.no_grad(), lora.reference_mode(bundle.unet):
+                    ref_w, ref_l = sampler.step_pair_logps(bundle, bundle.unet, mb, cond, uncond,
+                                                           settings=self.settings)
             ctx.ledger.count("unet_fwdbwd", len(mb) * cfg_mult)
             ctx.ledger.count("unet_fwd", len(mb) * cfg_mult)
             per = step_dpo_loss(logp_w, logp_l, ref_w, ref_l, beta=self.beta(), clip=cfg.ratio_clip)
