@@ -556,3 +556,14 @@ def test_gpu_check_dry_run_on_tiny_bundles_writes_every_component(tmp_path):
             assert r["gradient_checkpointing"] == (r["backbone"] == "tiny-sdxl")
     step = {r["method"] for r in rows if r["part"] == "sampling_step"}
     assert step == {"shared"} | {m for m in registry.METHODS if registry.method_spec(m).bench_components}
+
+
+def test_fp16_step_on_a_rank_that_never_scaled_a_loss():
+    """Under several processes a rank whose first update holds no pair gets summed (zero) gradients without having
+    scaled a loss; the scaler must set its scale up instead of failing in unscale_."""
+    m, opt = _linear()
+    amp = Precision("fp16", "cpu")
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    assert amp.clip_and_step(opt, list(m.parameters()), 1.0) == 0.0
+    assert not amp.last_skipped and amp.scaler.get_scale() > 0

@@ -162,3 +162,29 @@ def test_reward_model_trains_on_scored_pairs_and_the_table_is_in_its_identity(ti
     with pytest.raises(HarnessError, match="does not have; drop --pair-scores"):
         train_reward_run(RewardRequest(kind="spm", backbone="sd15", pairs=str(bare), out_root=str(tmp_path / "r2"),
                                        pair_scores=str(scores)), bundle=tiny.tiny_bundle("sd15", seed=0))
+
+
+def test_a_batch_whose_pairs_all_fail_to_decode_is_skipped_and_left_nan(tiny_pairs, tmp_path):
+    df = pd.read_parquet(tiny_pairs / "train.parquet")
+    df.loc[3, "jpg_0"] = b"not an image"
+    (tmp_path / "p").mkdir()
+    df.to_parquet(tmp_path / "p" / "train.parquet")
+    index = open_pairs(tmp_path / "p", "train")
+
+    def strict(im, caps):  # the real adapters fail on an empty batch (torch.cat of nothing)
+        assert len(caps) > 0, "a scorer was called with an empty batch"
+        return im.mean(dim=(1, 2, 3))
+
+    out = pair_scores.score_positions(index, np.arange(len(index)), {"aesthetic": strict}, batch_pairs=1,
+                                      resolution=None)
+    assert np.isnan(out.loc[3, "score_0_aesthetic"]) and out["score_0_aesthetic"].drop(index=3).notna().all()
+    assert index.decode_failures == 1
+
+
+def test_score_pairs_refuses_empty_shards(tiny_pairs, tmp_path):
+    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run
+
+    with pytest.raises(HarnessError, match="must be >= 1"):
+        score_pairs_run(ScorePairsRequest(pairs=str(tiny_pairs), shard_pairs=0, out_root=str(tmp_path)),
+                        scorers=_scorers())
+

@@ -57,7 +57,6 @@ class SPO(StepwiseMethod):
         with ctx.ledger.phase(Phase.PREP):
             self.spm = StepAwarePreferenceModel.load(ctx.reward_model_dir, bundle, device=bundle.device)
             self.spm.requires_grad_(False)
-            ctx.precision.cast_frozen(self.spm)
             self.prompts = ctx.prompts.training_prompts(limit=cfg.num_train_prompts)
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
@@ -66,6 +65,7 @@ class SPO(StepwiseMethod):
                 self.uncond1 = bundle.encode_negative(1)
                 self.spm_text = torch.cat([self.spm.text_features(self.prompts[s : s + 256])
                                            for s in range(0, len(self.prompts), 256)])
+            ctx.precision.cast_frozen(self.spm)  # after the cached text features, which are computed in fp32
             ctx.ledger.count("text_fwd", len(self.prompts))
             ctx.ledger.count("reward_text_fwd", len(self.prompts))
         with seeded_init(ctx.seed, "spo-lora-init"):  # the same A on every rank, whatever ran before

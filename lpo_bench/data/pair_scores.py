@@ -59,6 +59,8 @@ def score_positions(index: Any, positions: np.ndarray, scorers: dict[str, ScoreF
     at = {int(p): i for i, p in enumerate(positions)}
     scores = {(w, k): np.full(n, np.nan) for w in (0, 1) for k in scorers}
     for batch in index.batches(positions, batch_pairs=batch_pairs, resolution=resolution, num_workers=num_workers):
+        if not len(batch.idx):  # every pair of this batch failed to decode (NaN rows, counted by the index)
+            continue
         rows = [at[int(p)] for p in batch.idx.tolist()]
         caps = [index.captions[int(p)] for p in batch.idx.tolist()]
         for w, images in ((0, batch.images_0), (1, batch.images_1)):

@@ -249,6 +249,8 @@ def open_pairs(source: str | Path, split: str, *, max_rows: int | None = None, d
     shards = [Shard(f) for f in files]
     metas, shard_of, row_of, bad, ties, unlabeled, seen = [], [], [], 0, 0, 0, 0
     for s, sh in enumerate(shards):
+        if max_rows is not None and seen >= max_rows:
+            break  # the later shards are never opened
         try:
             names = sh.schema_names()
         except Exception as exc:

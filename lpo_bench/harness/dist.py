@@ -61,17 +61,6 @@ class Dist:
         for t in tensors:
             t.copy_(self.accelerator.reduce(t, reduction=reduction))
 
-    def reduce_grads_(self, params: list[Any], reduction: str = "sum") -> None:
-        """All-reduce gradients; a process without data in this update contributes zeros."""
-        if self.world_size == 1:
-            return
-        import torch
-
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        self.reduce_([p.grad for p in params], reduction)
-
     def sum_grads_(self, params: list[Any], bucket_numel: int = 1 << 24) -> None:
         """All-reduce (sum) gradients as one process holding every rank's data would have them: a parameter with a
         gradient on any rank gets the sum (ranks without one add zeros); one with none anywhere keeps ``grad=None``

@@ -87,7 +87,6 @@ class Precision:
         self.device_type = str(device).split(":")[0]
         self.dtype = getattr(torch, _TORCH_DTYPES[name]) if name in _TORCH_DTYPES else None
         self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None
-        self.steps = 0  # clip_and_step calls
         self.skipped_updates = 0  # fp16 updates skipped on an inf/NaN gradient
         self.last_skipped = False
 
@@ -129,7 +128,6 @@ class Precision:
         """
         import torch
 
-        self.steps += 1
         self.last_skipped = False
         limit = float(max_norm) if max_norm and max_norm > 0 else float("inf")
         if self.scaler is None:
@@ -138,6 +136,8 @@ class Precision:
             return float(gnorm)
         if not any(p.grad is not None for p in params):
             return 0.0
+        if self.scaler._scale is None:  # a rank that held no pair this session never scaled a loss: set the scale up
+            self.scaler.scale(torch.zeros((), device=next(p for p in params if p.grad is not None).device))
         self.scaler.unscale_(optimizer)
         gnorm = torch.nn.utils.clip_grad_norm_(params, limit)
         scale = self.scaler.get_scale()
@@ -162,7 +162,7 @@ class Precision:
         if self.dtype is None or module is None:
             return module
         for p in module.parameters():
-            if not p.requires_grad and p.is_floating_point():
+            if not p.requires_grad and p.is_floating_point() and p.dim() > 0:  # scalars (logit_scale) keep fp32
                 p.data = p.data.to(self.dtype)
         return module
 

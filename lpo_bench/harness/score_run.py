@@ -67,6 +67,8 @@ def score_pairs_run(req: ScorePairsRequest, *, clock: Callable[[], float] = time
     source = Path(req.pairs)
     if not source.exists():
         raise HarnessError(f"--pairs {source} does not exist; pass a toy pairs directory or a local Pick-a-Pic copy")
+    if req.shard_pairs < 1 or req.batch_pairs < 1:
+        raise HarnessError(f"--shard-pairs ({req.shard_pairs}) and --batch-pairs ({req.batch_pairs}) must be >= 1")
     toy = _is_toy(source)
     metrics = dict(req.metrics or (TOY_METRICS if toy else REAL_METRICS))
     if scorers is None and set(metrics) != set(pair_scores.SCORE_NAMES):

@@ -124,7 +124,24 @@ def export_lora(unet: Any, out_dir: str | Path, adapter_name: str = "default") -
         safe_serialization=True,
         unet_lora_adapter_metadata=_sorted_sets(unet.peft_config[adapter_name].to_dict()),
     )
+    _sort_safetensors_metadata(out / LORA_WEIGHT_NAME)
     return out / LORA_WEIGHT_NAME
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite the file's header with its ``__metadata__`` keys sorted: safetensors serialises that map from a Rust
+    hash map, in an order that changes per process, so two exports of the same weights would differ in bytes.
+    The tensor entries (explicit offsets) and the data are unchanged."""
+    import json
+
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+    new = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    new += b" " * ((n if len(new) <= n else -(-len(new) // 8) * 8) - len(new))  # keep the length (and alignment)
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
 
 
 def _sorted_sets(value: Any) -> Any:

@@ -47,7 +47,6 @@ class LPO(StepwiseMethod):
         with ctx.ledger.phase(Phase.PREP):
             self.lrm = LatentRewardModel.load(ctx.reward_model_dir, bundle, device=bundle.device).eval()
             self.lrm.requires_grad_(False)
-            ctx.precision.cast_frozen(self.lrm)
             self.prompts = ctx.prompts.training_prompts(limit=self.cfg.num_train_prompts)
             if not self.prompts:
                 raise HarnessError("no training prompts; check --data-dir")
@@ -57,6 +56,7 @@ class LPO(StepwiseMethod):
                 self.uncond1 = bundle.encode_negative(1)
                 self.lrm_text = _lrm_text_chunks(self.lrm, self.prompts)
                 self.lrm_uncond1 = self.lrm.negative_embeds(1)
+            ctx.precision.cast_frozen(self.lrm)  # after the cached text features, which are computed in fp32
         with seeded_init(ctx.seed, "lpo-lora-init"):
             self.params = lora.add_lora(bundle.unet, rank=self.cfg.lora_rank, alpha=self.cfg.lora_rank)
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,

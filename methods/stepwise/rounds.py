@@ -287,4 +287,6 @@ class StepwiseMethod:
         self.buffer = None if state["buffer"] is None else sampler.StepPairs(**state["buffer"])
         self.buffer_pos, self.rounds = int(state["buffer_pos"]), int(state["rounds"])
         self.updates_left = int(state["updates_left"])
-        self.rounds_without_pairs, self.gaps = int(state["rounds_without_pairs"]), sampler.GapStats(**state["gaps"])
+        self.rounds_without_pairs = int(state["rounds_without_pairs"])
+        # the main process's gaps were saved; the others restart theirs, so the merged report counts each step once
+        self.gaps = sampler.GapStats(**state["gaps"]) if self.ctx.rank == 0 else sampler.GapStats()
