@@ -188,3 +188,19 @@ def test_score_pairs_refuses_empty_shards(tiny_pairs, tmp_path):
         score_pairs_run(ScorePairsRequest(pairs=str(tiny_pairs), shard_pairs=0, out_root=str(tmp_path)),
                         scorers=_scorers())
 
+
+
+def test_a_process_keeps_a_bounded_number_of_shards_open(tiny_pairs, tmp_path):
+    from lpo_bench.data import stream
+
+    df = pd.read_parquet(tiny_pairs / "train.parquet")
+    (tmp_path / "hf" / "data").mkdir(parents=True)
+    n = stream.MAX_OPEN_SHARDS + 8
+    for s in range(n):
+        df.iloc[[s % len(df)]].to_parquet(tmp_path / "hf" / "data" / f"train-{s:05d}-of-{n:05d}.parquet")
+    index = open_pairs(tmp_path / "hf", "train")
+    assert not any(sh._src is not None for sh in index.shards)  # the metadata pass closes what it opened
+    got = sum(len(b.idx) for b in index.batches(np.arange(n)[::-1], batch_pairs=3, resolution=None))
+    got += sum(len(b.idx) for k in range(n) for b in index.batches([k], batch_pairs=1, resolution=None))
+    assert got == 2 * n  # one pass in one call, then one call per pair (as the trainers read their updates)
+    assert sum(sh._src is not None for sh in index.shards) == stream.MAX_OPEN_SHARDS

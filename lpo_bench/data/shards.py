@@ -125,10 +125,13 @@ class Shard:
         return rows[r - (nxt - len(rows))]
 
     def reset(self) -> None:
-        """Forget the open file and cursor (a new process opens the shard itself)."""
+        """Close the file and forget the cursor (a new process opens the shard itself; reads reopen it)."""
+        src = getattr(self, "_src", None)
+        self._cursor: tuple[int, int, Any, list[Any]] | None = None  # (row group, next row, batch iterator, rows)
+        if src is not None and hasattr(src, "close"):
+            src.close()
         self._src: Any = None
         self._starts: np.ndarray | None = None
-        self._cursor: tuple[int, int, Any, list[Any]] | None = None  # (row group, next row, batch iterator, rows)
 
     def __getstate__(self) -> dict[str, Any]:  # workers reopen the file themselves
         return {"path": self.path, "arrow": self.arrow}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +71,28 @@ class PairBatch:
     failed: Any
 
 
+MAX_OPEN_SHARDS = 32  # per process: Pick-a-Pic has hundreds of shards, and the default fd limit is 1024
+
+
 class _Batches:
-    """Map-style dataset of batches (one item = one batch), small enough to send to DataLoader workers."""
+    """Map-style dataset of batches (one item = one batch), small enough to send to DataLoader workers. At most
+    ``MAX_OPEN_SHARDS`` shards stay open per process (the least recently read is closed first)."""
 
     def __init__(self, shards: list[Shard], pos: np.ndarray, shard: np.ndarray, row: np.ndarray,
-                 batch_pairs: int, resolution: int | None) -> None:
+                 batch_pairs: int, resolution: int | None, recent: list[int]) -> None:
         self.shards, self.pos, self.shard, self.row = shards, pos, shard, row
         self.bp, self.resolution = batch_pairs, resolution
+        self._recent = recent  # the open shards, least recently read first (shared by the index's readers)
 
     def __len__(self) -> int:
         return -(-len(self.pos) // self.bp)
+
+    def _opened(self, s: int) -> None:
+        if s in self._recent:
+            self._recent.remove(s)
+        self._recent.append(s)
+        while len(self._recent) > MAX_OPEN_SHARDS:
+            self.shards[self._recent.pop(0)].reset()
 
     def decode(self, k: int) -> tuple[list[int], list[np.ndarray], list[np.ndarray], list[int]]:
         """Batch ``k`` as (decoded positions, uint8 images 0, uint8 images 1, failed positions)."""
@@ -96,6 +108,7 @@ class _Batches:
                     decoded[i] = (a, b) if a.shape == b.shape else None
                 except Exception:
                     decoded[i] = None
+            self._opened(int(s))
         ok, im0, im1, bad = [], [], [], []
         for i in range(len(pos)):  # back in the order asked for
             got = decoded[i]
@@ -149,6 +162,7 @@ class PairIndex:
     row: np.ndarray  # int64 [n] row within its shard
     unlabeled: int = 0
     decode_failures: int = 0
+    open_shards: list[int] = field(default_factory=list)  # open in this process, least recently read first
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -158,13 +172,14 @@ class PairIndex:
         idx = np.asarray(idx, dtype=np.int64)
         return PairIndex([self.captions[i] for i in idx.tolist()], self.label_0[idx], self.weight[idx],
                          self.extra.iloc[idx].reset_index(drop=True), self.skipped, self.source, self.sha256,
-                         self.shards, self.shard[idx], self.row[idx], self.unlabeled, self.decode_failures)
+                         self.shards, self.shard[idx], self.row[idx], self.unlabeled, self.decode_failures,
+                         self.open_shards)
 
     def _dataset(self, idx: Any, batch_pairs: int, resolution: int | None) -> _Batches:
         pos = np.asarray(idx, dtype=np.int64).reshape(-1)
         if batch_pairs < 1:
             raise HarnessError(f"batch_pairs={batch_pairs} must be >= 1")
-        return _Batches(self.shards, pos, self.shard[pos], self.row[pos], batch_pairs, resolution)
+        return _Batches(self.shards, pos, self.shard[pos], self.row[pos], batch_pairs, resolution, self.open_shards)
 
     def batches(self, idx: Any, *, batch_pairs: int, resolution: int | None,
                 num_workers: int = 0) -> Iterator[PairBatch]:
@@ -276,6 +291,7 @@ def open_pairs(source: str | Path, split: str, *, max_rows: int | None = None, d
                 shard_of.append(np.full(len(at), s, dtype=np.int32))
                 row_of.append(start + at)
                 start, seen = start + n, seen + n
+            sh.reset()  # images are read later, per batch, reopening only the shards they need
         except HarnessError:
             raise
         except Exception as exc:
