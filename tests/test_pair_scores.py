@@ -204,3 +204,20 @@ def test_a_process_keeps_a_bounded_number_of_shards_open(tiny_pairs, tmp_path):
     got += sum(len(b.idx) for k in range(n) for b in index.batches([k], batch_pairs=1, resolution=None))
     assert got == 2 * n  # one pass in one call, then one call per pair (as the trainers read their updates)
     assert sum(sh._src is not None for sh in index.shards) == stream.MAX_OPEN_SHARDS
+
+
+def test_lrm_validates_on_validation_unique_when_the_data_has_it(tiny_pairs, tmp_path):
+    """As the official LRM trainer: Pick-a-Pic's validation_unique when present (auto), else the val split."""
+    from lpo_bench.harness.reward_run import RewardRequest, train_reward_run
+    from lpo_bench.models import tiny
+
+    src = tmp_path / "p"
+    src.mkdir()
+    for split in ("train", "val"):
+        (src / f"{split}.parquet").write_bytes((tiny_pairs / f"{split}.parquet").read_bytes())
+    pd.read_parquet(tiny_pairs / "test.parquet").iloc[:5].to_parquet(src / "validation_unique.parquet")
+    lines = []
+    over = {"max_updates": "1", "batch_pairs": "4", "warmup_updates": "1", "timestep_stride": "475"}
+    train_reward_run(RewardRequest(kind="lrm", backbone="sd15", pairs=str(src), out_root=str(tmp_path / "r"),
+                                   overrides=over), bundle=tiny.tiny_bundle("sd15", seed=0), log=lines.append)
+    assert any("validation pairs (validation_unique)" in x for x in lines)

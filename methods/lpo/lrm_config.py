@@ -46,6 +46,9 @@ class LRMConfig:
     train_unet: bool = field(default=True, metadata={"help": "Train the UNet trunk (official); False: heads only"})
     max_train_pairs: int | None = field(default=None, metadata={
         "help": "Cap on training pairs (None = all)", "valid": Range(ge=1)})
+    val_split: Literal["auto", "val", "validation", "validation_unique"] = field(default="auto", metadata={
+        "help": "Held-out split for validation accuracy; auto: validation_unique when the data has it (Pick-a-Pic, "
+                "as the official trainer), else val"})
     max_val_pairs: int = field(default=512, metadata={
         "help": "Validation pairs per timestep", "valid": Range(ge=1)})
     num_workers: int = field(default=0, metadata={

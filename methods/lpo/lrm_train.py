@@ -25,7 +25,7 @@ import torch
 from lpo_bench.analysis import stats
 from lpo_bench.data import pair_scores
 from lpo_bench.data.global_batch import LocalChunk, RankBatches
-from lpo_bench.data.pairs import GAP_COLUMNS, load_pairs, open_pairs
+from lpo_bench.data.pairs import GAP_COLUMNS, load_pairs, open_pairs, split_files
 from lpo_bench.diffusion.seeding import purpose_generator, seeded_init
 from lpo_bench.errors import HarnessError
 from lpo_bench.methods.lpo.lrm import LatentRewardModel, clip_l14_text_projection
@@ -54,9 +54,13 @@ class LRMTrainer:
         if ctx.inputs.pair_scores is not None:  # MPCF columns computed by `lpo-bench score-pairs`
             train = pair_scores.with_scores(train, ctx.inputs.pair_scores)
         self.kept_before, self.train = len(train), self._filter(train)
-        self.val = load_pairs(pairs_src, "val", resolution=bundle.resolution, drop_ties=True, max_rows=cfg.max_val_pairs)
+        val_split = cfg.val_split
+        if val_split == "auto":  # the official trainer validates on Pick-a-Pic's validation_unique
+            val_split = "validation_unique" if split_files(Path(pairs_src), "validation_unique") else "val"
+        self.val = load_pairs(pairs_src, val_split, resolution=bundle.resolution, drop_ties=True,
+                              max_rows=cfg.max_val_pairs)
         ctx.log(f"[lrm] {len(self.train)} training pairs after MPCF strategy {cfg.mpcf_strategy} "
-                f"(from {self.kept_before}); {len(self.val)} validation pairs")
+                f"(from {self.kept_before}); {len(self.val)} validation pairs ({val_split})")
         with seeded_init(ctx.seed, "lrm-init"):
             self.model = LatentRewardModel.from_bundle(bundle, guidance_scale=cfg.guidance_scale_vfe,
                                                        multi_scale=cfg.multi_scale).to(bundle.device)
