@@ -85,7 +85,8 @@ def test_official_csv_is_read_by_split_row(tmp_path):
 
 
 def test_score_pairs_run_records_its_cost_and_resumes(tiny_pairs, tmp_path):
-    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run, scores_dir
+    from lpo_bench.data.pair_scores import table_dir as scores_dir
+    from lpo_bench.harness.score_run import ScorePairsRequest, score_pairs_run
 
     req = ScorePairsRequest(pairs=str(tiny_pairs), out_root=str(tmp_path / "runs"), shard_pairs=8)
     run = score_pairs_run(req, scorers=_scorers(), log=lambda m: None)

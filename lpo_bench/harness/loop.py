@@ -26,7 +26,7 @@ from typing import Any
 from lpo_bench import progress, records
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.dist import rng_state, set_rng_state
-from lpo_bench.ledger import COUNTED, Ledger, Phase
+from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -88,6 +88,13 @@ def open_ledger(run_dir: Path, *, device: str, dist: Any, clock: Callable[[], fl
 
     return Ledger(run_dir / "ledger.jsonl", clock=clock, sync=torch.cuda.synchronize if device.startswith("cuda") else None,
                   devices=dist.world_size, reduce_max=dist.reduce_max_fn(), write=dist.is_main)
+
+
+def close_session(ledger: Ledger, wall_start: float) -> tuple[float, float, dict[str, Any]]:
+    """(this session's wall seconds, the ledger identity residual (raises past its tolerance), the ledger summary),
+    read once at the end of a run's session."""
+    wall_s = ledger.now() - wall_start
+    return wall_s, check_identity(ledger.local_s, ledger.paused_s, wall_s), ledger.summary()
 
 
 @dataclass

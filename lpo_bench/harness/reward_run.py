@@ -20,13 +20,20 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.harness import reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256
-from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
+from lpo_bench.harness.loop import (
+    CHECKPOINT_FILE,
+    Checkpointer,
+    LoopSettings,
+    close_session,
+    open_ledger,
+    run_loop,
+)
 from lpo_bench.harness.method import RunInputs, TrainContext
 from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.harness.score_run import pair_scores_inputs
-from lpo_bench.ledger import Phase, check_identity
+from lpo_bench.ledger import Phase
 from lpo_bench.toy.default_pairs import default_toy_pairs
 
 
@@ -112,9 +119,7 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
         dist.barrier()
         if not dist.is_main:
             return run.dir
-        wall_s = ledger.now() - wall_start
-        residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
-        summary = ledger.summary()
+        wall_s, residual, summary = close_session(ledger, wall_start)
         cost = [{"kind": "train_cost", "metric": "gpu_h_rm", "value": summary["gpu_h_rm"],
                  "gpu_h_rm": summary["gpu_h_rm"], "wall_s_total": wall_s, "train_step": result.step,
                  "higher_is_better": False}]

@@ -21,12 +21,11 @@ from lpo_bench.data import pair_scores
 from lpo_bench.errors import HarnessError
 from lpo_bench.harness.dist import make_dist, pick_device
 from lpo_bench.harness.identity import data_manifest_sha256, files_manifest_sha256
-from lpo_bench.harness.loop import open_ledger
+from lpo_bench.harness.loop import close_session, open_ledger
 from lpo_bench.harness.run import RunRecorder
-from lpo_bench.ledger import Phase, check_identity
+from lpo_bench.ledger import Phase
 
 RUN_KIND = "pair_scores"
-SCORES_DIR = pair_scores.SCORES_DIR
 # score name -> metric id. Real data: the LAION aesthetic head and CLIP score as the authors used (their CLIP was
 # ViT-H-14, Kwai-Kolors/LPO issue #3); BLIP-VQA stands in for VQAScore (CLIP-FlanT5-XXL), whose package does not
 # install on current stacks. Toy data: the toy world's own three scores.
@@ -90,7 +89,7 @@ def score_pairs_run(req: ScorePairsRequest, *, clock: Callable[[], float] = time
         run.keep_on_error = True  # finished shards are worth keeping: --resume scores only the missing ones
         with ledger.phase(Phase.CHECKPOINT):
             run.start({"pairs": str(source), "pairs_sha256": identity["pairs"], "split": req.split, "n_pairs": len(index),
-                       "metrics": provenance, "resolution": resolution, "scores_dir": str(run.dir / SCORES_DIR)},
+                       "metrics": provenance, "resolution": resolution, "scores_dir": str(run.dir / pair_scores.SCORES_DIR)},
                       base_extra={"method": RUN_KIND, "seed": 0, "config_hash": run.identity_sha256})
         total = pair_scores.n_shards(len(index), req.shard_pairs)
         with progress.task("score-pairs", total=total, unit="shard", quiet=not dist.is_main) as bar:
@@ -99,7 +98,7 @@ def score_pairs_run(req: ScorePairsRequest, *, clock: Callable[[], float] = time
                 bar.advance(1)
 
             with ledger.phase(Phase.PREP):
-                pair_scores.write_scores(index, fns, run.dir / SCORES_DIR, shard_pairs=req.shard_pairs,
+                pair_scores.write_scores(index, fns, run.dir / pair_scores.SCORES_DIR, shard_pairs=req.shard_pairs,
                                          batch_pairs=req.batch_pairs, resolution=resolution,
                                          num_workers=req.num_workers, rank=dist.rank, world_size=dist.world_size,
                                          on_shard=done)
@@ -107,15 +106,13 @@ def score_pairs_run(req: ScorePairsRequest, *, clock: Callable[[], float] = time
             dist.barrier()
         if not dist.is_main:
             return run.dir
-        wall_s = ledger.now() - wall_start
-        residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
-        summary = ledger.summary()
+        wall_s, residual, summary = close_session(ledger, wall_start)
         gpu_h = float(summary["gpu_h_counted"])
         run.write_measurements([{"kind": "train_cost", "metric": "gpu_h_pair_scores", "value": gpu_h,
                                  "wall_s_total": wall_s, "higher_is_better": False}])
         run.finish(n_pairs=len(index), ledger=summary, ledger_identity_residual=residual, wall_s=wall_s,
                    gpu_h_pair_scores=gpu_h)
-    log(f"pair scores of {len(index)} pairs written to {run.dir / SCORES_DIR}; pass --pair-scores {run.dir}")
+    log(f"pair scores of {len(index)} pairs written to {run.dir / pair_scores.SCORES_DIR}; pass --pair-scores {run.dir}")
     return run.dir
 
 
@@ -137,11 +134,6 @@ def pair_scores_inputs(path: str | None) -> dict[str, Any]:
     cost) and the manifest hash of its shards."""
     if not path:
         return {}
-    table = scores_dir(path)
-    run = table.parent if table.name == SCORES_DIR else table
+    table = pair_scores.table_dir(path)
+    run = table.parent if table.name == pair_scores.SCORES_DIR else table
     return {"pair_scores": run, "pair_scores_sha256": files_manifest_sha256(table, sorted(table.glob(pair_scores.PART_GLOB)))}
-
-
-def scores_dir(path: str | Path) -> Path:
-    """The score table of ``--pair-scores PATH`` (see :func:`lpo_bench.data.pair_scores.table_dir`)."""
-    return pair_scores.table_dir(path)

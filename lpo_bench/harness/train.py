@@ -26,13 +26,20 @@ from lpo_bench.errors import HarnessError
 from lpo_bench.harness import memory, reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256, dir_sha256
-from lpo_bench.harness.loop import CHECKPOINT_FILE, Checkpointer, LoopSettings, open_ledger, run_loop
+from lpo_bench.harness.loop import (
+    CHECKPOINT_FILE,
+    Checkpointer,
+    LoopSettings,
+    close_session,
+    open_ledger,
+    run_loop,
+)
 from lpo_bench.harness.method import PromptSource, RunInputs, TrainContext
 from lpo_bench.harness.precision import Precision, check_precision, enable_gradient_checkpointing
 from lpo_bench.harness.request import RunRequest
 from lpo_bench.harness.run import RunRecorder
 from lpo_bench.harness.score_run import pair_scores_inputs
-from lpo_bench.ledger import COUNTED, Ledger, Phase, check_identity
+from lpo_bench.ledger import COUNTED, Ledger, Phase
 from lpo_bench.toy.default_pairs import default_toy_pairs
 
 
@@ -195,9 +202,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             return run.dir
         # Identity per session: a resumed run's earlier sessions were checked when they ran. Paused time is
         # the ledger's own row writes; everything else happens inside a phase.
-        wall_s = ledger.now() - wall_start
-        residual = check_identity(ledger.local_s, ledger.paused_s, wall_s)
-        summary = ledger.summary()
+        wall_s, residual, summary = close_session(ledger, wall_start)
         run.write_measurements(_cost_rows(summary, result.step, wall_s))
         run.finish(updates=result.step, ledger=summary, ledger_identity_residual=residual, wall_s=wall_s)
     return run.dir
