@@ -8,11 +8,16 @@
     nox -s toy-pretrain      # re-create the shipped toy base model (deterministic, ~15 min on 2 cores)
     nox -s bench             # per-step cost of each method (lpo-bench bench)
     nox -s t2i-compbench-env # builds the isolated T2I-CompBench detector environment
+    nox -s geneval-env       # builds the isolated GenEval (Mask2Former, mmdet 2.x) detector environment
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
+import shutil
+import urllib.request
 
 import nox
 
@@ -112,5 +117,61 @@ def t2i_compbench_env(session: nox.Session) -> None:
     session.run("python3", "-m", "venv", env_dir, external=True)
     pip = f"{env_dir}/bin/pip"
     session.run(pip, "install", "torch", "torchvision", "opencv-python", "timm", "numpy", "pillow", external=True)
-    session.log(f"detector environment at {env_dir}; point LPO_BENCH_DETECTOR_CMD at its scorer script "
+    session.log(f"detector environment at {env_dir}; point LPO_BENCH_T2I_DETECTOR at its scorer script "
                 f"(see README, 'T2I-CompBench++ spatial and numeracy')")
+
+
+# GenEval (djghosh13/geneval@af4902f): versions from its environment.yml and README, checkpoint from
+# evaluation/download_models.sh. The OpenMMLab file name ends in the first 8 hex digits of the sha256.
+GENEVAL_MODEL = "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco"
+GENEVAL_CHECKPOINT_URL = (f"https://download.openmmlab.com/mmdetection/v2.0/mask2former/{GENEVAL_MODEL}/"
+                          f"{GENEVAL_MODEL}_20220504_001756-743b7d99.pth")
+GENEVAL_CHECKPOINT_SHA256_PREFIX = "743b7d99"
+
+
+@nox.session(name="geneval-env", venv_backend="none")
+def geneval_env(session: nox.Session) -> None:
+    """Build the isolated GenEval detector environment (Python 3.9, torch 1.12.1 cu113, mmcv-full 1.7.1, mmdet 2.x).
+
+    It is separate because mmdet 2.x needs torch 1.12 / mmcv-full 1.7; lpo_bench/metrics/geneval_detect.py runs
+    in it and lpo-bench scores its detections in-process (lpo_bench.metrics.geneval).
+    """
+    env_dir = os.path.abspath(os.environ.get("GENEVAL_ENV", ".geneval-env"))
+    if shutil.which("conda"):
+        session.run("conda", "create", "-y", "-p", env_dir, "python=3.9", external=True)
+    elif shutil.which("python3.9"):
+        session.run("python3.9", "-m", "venv", env_dir, external=True)
+    else:
+        session.error("geneval-env needs `conda` or `python3.9` on PATH (GenEval's detector runs on Python 3.9)")
+    pip = [f"{env_dir}/bin/python", "-m", "pip", "install"]
+    session.run(*pip, "torch==1.12.1+cu113", "torchvision==0.13.1+cu113", "numpy==1.23.1", "pillow==9.4.0",
+                "--extra-index-url", "https://download.pytorch.org/whl/cu113", external=True)
+    # mmcv-full has no PyPI wheels for this torch/CUDA; OpenMMLab's index has the prebuilt ones.
+    session.run(*pip, "mmcv-full==1.7.1", "-f", "https://download.openmmlab.com/mmcv/dist/cu113/torch1.12/index.html",
+                "yapf==0.33.0", "addict==2.4.0", "opencv-python==4.6.0.66", "numpy==1.23.1", external=True)
+    # The mmdet 2.x wheel ships its configs under mmdet/.mim/configs, which geneval_detect.py falls back to.
+    session.run(*pip, "mmdet==2.28.2", "pycocotools==2.0.6", "scipy==1.9.1", "shapely==2.0.1",
+                "terminaltables==3.1.10", "matplotlib==3.7.1", "numpy==1.23.1", external=True)
+
+    ckpt_dir = os.path.join(env_dir, "checkpoints")
+    ckpt = os.path.join(ckpt_dir, f"{GENEVAL_MODEL}.pth")
+    if not os.path.isfile(ckpt):
+        os.makedirs(ckpt_dir, exist_ok=True)
+        session.log(f"downloading {GENEVAL_CHECKPOINT_URL}")
+        urllib.request.urlretrieve(GENEVAL_CHECKPOINT_URL, ckpt + ".part")
+        os.replace(ckpt + ".part", ckpt)
+    digest = hashlib.sha256()
+    with open(ckpt, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    session.log(f"checkpoint {ckpt} sha256 {sha}")
+    if not sha.startswith(GENEVAL_CHECKPOINT_SHA256_PREFIX):
+        session.error(f"checkpoint sha256 {sha} does not start with {GENEVAL_CHECKPOINT_SHA256_PREFIX} "
+                      f"(the published file's); delete {ckpt} and rerun")
+
+    script = os.path.abspath(os.path.join("lpo_bench", "metrics", "geneval_detect.py"))
+    template = " ".join([shlex.quote(f"{env_dir}/bin/python"), shlex.quote(script), "--images", "{image_dir}",
+                         "--out", "{out}", "--model-path", shlex.quote(ckpt_dir)])
+    session.log(f"GenEval detector environment at {env_dir}; set\n"
+                f"    export LPO_BENCH_GENEVAL_DETECTOR={shlex.quote(template)}")

@@ -46,6 +46,7 @@ METRICS: dict[str, str] = {
     "toy-clip": "lpo_bench.toy.metrics:ToyClip",
     "toy-vqa": "lpo_bench.toy.metrics:ToyVQA",
     "toy-compbench": "lpo_bench.toy.metrics:ToyCompBench",
+    "toy-geneval": "lpo_bench.toy.metrics:ToyGenEval",
 }
 
 # Step-level (noisy-input) reward models: a StepRewardModelSpec (model, trainer, config) each.
@@ -57,8 +58,11 @@ STEP_REWARD_MODELS: dict[str, str] = {
 SUITES: dict[str, str] = {
     "compbench": "lpo_bench.data.suites:COMPBENCH",
     "general": "lpo_bench.data.suites:GENERAL",
+    "geneval": "lpo_bench.data.suites:GENEVAL",
+    "geneval-20": "lpo_bench.data.suites:GENEVAL_20",
     "toy-compbench": "lpo_bench.data.suites:TOY_COMPBENCH",
     "toy-general": "lpo_bench.data.suites:TOY_GENERAL",
+    "toy-geneval": "lpo_bench.data.suites:TOY_GENEVAL",
 }
 
 # The authors' released checkpoints, used as `released:<name>` (a ReleasedModel, lpo_bench.models.released, each).

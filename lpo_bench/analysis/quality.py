@@ -50,10 +50,13 @@ def prompt_diffs(trained: Run, base: Run, metric: str) -> Any:
 
 def paired_vs_base(trained: Run, base: Run) -> list[dict[str, Any]]:
     """Trained minus base on matched images, per metric and category (+ "all"): per-prompt means, paired
-    bootstrap over prompts; win rate over matched images."""
+    bootstrap over prompts; win rate over matched images. For a suite whose overall score is the mean of its
+    category means (GenEval), "all" is the mean of the per-category differences, bootstrapped within each."""
     a, m = _matched(trained, base)
     if m is None:
         return []
+    suite = trained.info.get("suite")
+    by_category = isinstance(suite, dict) and suite.get("overall") == "categories"
     out = []
     for metric, gm in m.groupby("metric", sort=False):
         unmatched = int((a["metric"] == metric).sum() - len(gm))
@@ -61,7 +64,12 @@ def paired_vs_base(trained: Run, base: Run) -> list[dict[str, Any]]:
         for cat in cats + (["all"] if len(cats) > 1 else []):
             g = gm if cat == "all" else gm[gm["category"].astype(str) == cat]
             pp = g.groupby("prompt_id", sort=True)[["score", "score_base"]].mean()
-            d, lo, hi = stats.paired_diff_ci(pp["score"].to_numpy(), pp["score_base"].to_numpy())
+            if cat == "all" and by_category:  # the suite's overall score is the mean of its category means
+                diff = g.groupby(["category", "prompt_id"], sort=True)[["score", "score_base"]].mean()
+                diff = diff["score"] - diff["score_base"]
+                d, lo, hi = stats.mean_of_means_ci([diff[c].to_numpy() for c in cats])
+            else:
+                d, lo, hi = stats.paired_diff_ci(pp["score"].to_numpy(), pp["score_base"].to_numpy())
             out.append({"metric": metric, "category": cat, "diff_vs_base": d, "ci_low": lo, "ci_high": hi,
                         "win_rate_images": stats.win_rate(g["score"].to_numpy(), g["score_base"].to_numpy()),
                         "n_prompts": len(pp), "n_images": len(g),

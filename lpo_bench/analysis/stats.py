@@ -42,6 +42,23 @@ def paired_diff_ci(
     return mean_ci(a_ - b_, level=level, n_boot=n_boot, seed=seed)
 
 
+def mean_of_means_ci(
+    groups: Sequence[Sequence[float]], *, level: float = 0.95, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
+) -> tuple[float, float, float]:
+    """(unweighted mean of the group means, ci_low, ci_high): a stratified percentile bootstrap that resamples
+    within each group (e.g. GenEval's overall score, the mean of six task accuracies over per-prompt scores).
+    Non-finite values and empty groups are dropped; a group of one value contributes it without spread."""
+    xs = [x[np.isfinite(x)] for x in (np.asarray(g, dtype=np.float64) for g in groups)]
+    xs = [x for x in xs if x.size]
+    if not xs:
+        return (math.nan, math.nan, math.nan)
+    m = float(np.mean([x.mean() for x in xs]))
+    rng = np.random.default_rng(seed)
+    boots = np.mean([x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1) for x in xs], axis=0)
+    a = (1 - level) / 2
+    return (m, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)))
+
+
 def diff_ci(
     a: Sequence[float], b: Sequence[float], *, level: float = 0.95, n_boot: int = DEFAULT_N_BOOT, seed: int = 0
 ) -> tuple[float, float, float]:

@@ -97,6 +97,15 @@ TRAIN_PROMPTS_4K = PinnedFile(
 )
 
 
+# GenEval's prompts with their metadata (tag, include/exclude clauses) and its 80 detector class names (MIT).
+GENEVAL_REPO = "djghosh13/geneval"
+GENEVAL_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
+GENEVAL_METADATA = PinnedFile(GENEVAL_REPO, GENEVAL_COMMIT, "prompts/evaluation_metadata.jsonl",
+                              "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", 85209)
+GENEVAL_OBJECT_NAMES = PinnedFile(GENEVAL_REPO, GENEVAL_COMMIT, "prompts/object_names.txt",
+                                  "608f6a0e5c8ca1c7a92b818430141fe268c85b7930b50f4160f1d65893b5bacd", 642)
+
+
 def _cache_path(pf: PinnedFile) -> Path:
     root = Path(os.environ.get("LPO_BENCH_CACHE", Path.home() / ".cache" / "lpo_bench"))
     return root / "files" / pf.repo / pf.commit / pf.path
@@ -207,3 +216,21 @@ def load_train_prompts_4k(data_dir: str | Path | None = None, allow_download: bo
     if not captions:
         raise HarnessError(f"{path} contains no prompts")
     return captions
+
+
+def load_geneval_metadata(data_dir: str | Path | None = None, allow_download: bool | None = None) -> list[dict]:
+    """GenEval's 553 metadata rows (``{"tag", "include", "exclude"?, "prompt"}``), in file order."""
+    path = resolve_pinned_file(GENEVAL_METADATA, data_dir=data_dir, allow_download=allow_download)
+    try:
+        rows = [json.loads(line) for line in read_text_lines(path)]
+        if not all(isinstance(r, dict) and "tag" in r and "prompt" in r for r in rows):
+            raise ValueError("a row lacks 'tag' or 'prompt'")
+    except ValueError as exc:
+        raise HarnessError(f"{path} is not GenEval's evaluation_metadata.jsonl: {exc}".splitlines()[0]) from None
+    return rows
+
+
+def load_geneval_object_names(data_dir: str | Path | None = None, allow_download: bool | None = None) -> list[str]:
+    """GenEval's 80 detector class names, in the detector's class order."""
+    return [line.strip() for line in read_text_lines(
+        resolve_pinned_file(GENEVAL_OBJECT_NAMES, data_dir=data_dir, allow_download=allow_download))]

@@ -16,6 +16,12 @@ Suites (registry ``SUITES``):
   non_spatial; spatial, 3d_spatial, numeracy and complex (3-in-1) need the UniDet detector, which only
   runs as an external scorer in T2I-CompBench's own environment (``lpo_bench.metrics.external``);
   without it those categories are reported as skipped, never substituted.
+* ``toy-geneval``   toy world, GenEval's six tasks as toy prompts judged by GenEval's rules on the toy
+  parser's detections (metric ``toy-geneval``, :mod:`lpo_bench.toy.geneval`).
+* ``geneval``       GenEval (djghosh13/geneval@af4902f): 553 prompts in six tasks, 4 images per prompt, DDIM 50
+  steps, CFG 9.0 (its generation script's defaults); ``geneval-20`` is the same at 20 steps (arXiv 2502.01051's
+  other column). Mask2Former runs out of process in GenEval's own environment
+  (:mod:`lpo_bench.metrics.geneval`); without it the suite stops with one line, never a substitute.
 * ``general``       LPO/SPO's protocol: the 500 Pick-a-Pic v1 ``validation_unique`` captions from a
   local copy (``--data-dir``), plus the HPDv2 test prompts when a local ``test.json`` is present;
   PickScore, HPSv2.1, ImageReward, LAION aesthetic and CLIP score.
@@ -26,22 +32,32 @@ order), so a quick evaluation still covers every category.
 Changelog (bump ``version`` on ANY change that can move a number):
 
 * toy-compbench v1, toy-general v1, compbench v1, general v1: first versions.
+* toy-geneval v1, geneval v1, geneval-20 v1: first versions.
+
+``overall``: how the "all" row averages: ``prompts`` (mean over prompts) or ``categories`` (the mean of the
+per-category means: GenEval's overall score).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from lpo_bench.data.suite_prompts import (
+    PICKAPIC_SPLIT,
+    PromptItem,
+    compbench_items,
+    general_items,
+    geneval_items,
+    hpdv2_file,
+    toy_geneval_items,
+    toy_items,
+)
 from lpo_bench.errors import HarnessError
 
 TOY_FAMILIES = ("color", "shape", "texture", "spatial", "numeracy", "complex")  # == toy.world.FAMILIES
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
-GENERAL_PICKAPIC_PROMPTS = 500
-PICKAPIC_SPLIT = "validation_unique"
 
 # Metric ids of the T2I-CompBench++ UniDet-based evaluators (external scorer: their detector only runs in
 # T2I-CompBench's own environment).
@@ -52,6 +68,9 @@ UNIDET_METRICS: dict[str, str] = {
     "complex": "t2i-compbench/3-in-1",
 }
 TOY_COMPBENCH_METRIC = "toy-compbench"
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")  # == geneval_rules.TAGS
+GENEVAL_METRIC = "geneval"  # external: Mask2Former in GenEval's environment + in-process rules
+TOY_GENEVAL_METRIC = "toy-geneval"
 
 
 @dataclass(frozen=True)
@@ -63,17 +82,6 @@ class SamplerSpec:
     num_inference_steps: int = 20
     guidance_scale: float = 5.0
     eta: float = 0.0
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    """One prompt of a suite. ``prompt_id`` is stable within a suite version and seeds its images;
-    ``index`` is the prompt's position in its category (T2I-CompBench image numbering)."""
-
-    prompt_id: str
-    text: str
-    category: str
-    index: int
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class Suite:
     kind: Literal["toy", "real"]
     category_metrics: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
     notes: tuple[str, ...] = field(default=())  # deviations from the reference protocol, shown in every run
+    overall: Literal["prompts", "categories"] = "prompts"
 
     def metrics_for(self, category: str) -> tuple[str, ...]:
         """Metric ids that score images of ``category``."""
@@ -105,11 +114,13 @@ class Suite:
                 max_prompts: int | None = None) -> list[PromptItem]:
         """The suite's prompts (toy: ``split`` in val/test; real suites have a single split)."""
         if self.kind == "toy":
-            items = _toy_items(split)
+            items = toy_geneval_items(split) if self.metrics == (TOY_GENEVAL_METRIC,) else toy_items(split)
+        elif self.metrics == (GENEVAL_METRIC,):
+            items = geneval_items(data_dir)
         elif self.name == "compbench":
-            items = _compbench_items(data_dir)
+            items = compbench_items(data_dir)
         elif self.name == "general":
-            items = _general_items(data_dir)
+            items = general_items(data_dir)
         else:  # pragma: no cover - every suite below is one of the above
             raise HarnessError(f"suite {self.name} has no prompt source")
         return balanced_subset(items, self.categories, max_prompts)
@@ -118,11 +129,13 @@ class Suite:
         """The prompt split actually used (real suites ignore ``split``)."""
         if self.kind == "toy":
             return split
+        if self.metrics == (GENEVAL_METRIC,):
+            return "geneval"
         return "val" if self.name == "compbench" else PICKAPIC_SPLIT
 
     def skipped_categories(self, data_dir: str | Path | None = None) -> dict[str, str]:
         """Categories without prompts in this environment, with the reason (only optional sources)."""
-        if self.name == "general" and _hpdv2_file(data_dir) is None:
+        if self.name == "general" and hpdv2_file(data_dir) is None:
             return {"hpdv2": "no local HPDv2 test prompts (test.json under --data-dir/HPDv2); "
                              "pass a --data-dir holding HPDv2/test.json to score them"}
         return {}
@@ -164,95 +177,6 @@ def balanced_subset(items: list[PromptItem], categories: tuple[str, ...], max_pr
     return [items[i] for i in sorted(chosen)]
 
 
-# ---------------------------------------------------------------------------- prompt sources
-@cache
-def _toy_split_specs() -> dict[str, tuple[tuple[str, str], ...]]:
-    """(text, family) of the toy val/test prompts (world.prompt_splits with lpo_bench.data.prompts' seed and sizes)."""
-    from lpo_bench.data.prompts import TOY_SPLIT_SEED, TOY_SPLIT_SIZES
-    from lpo_bench.toy import world
-
-    s = world.prompt_splits(TOY_SPLIT_SIZES["train"], TOY_SPLIT_SIZES["val"], TOY_SPLIT_SIZES["test"], seed=TOY_SPLIT_SEED)
-    return {k: tuple((p.text, p.family) for p in s[k]) for k in ("val", "test")}
-
-
-def _toy_items(split: str) -> list[PromptItem]:
-    if split not in ("val", "test"):
-        raise HarnessError(f"toy suites have the splits 'val' and 'test', not '{split}'; pass --split val or test")
-    items: list[PromptItem] = []
-    count: dict[str, int] = {}
-    for text, fam in _toy_split_specs()[split]:
-        j = count.get(fam, 0)
-        count[fam] = j + 1
-        items.append(PromptItem(f"{split}/{fam}/{j:04d}", text, fam, j))
-    return items
-
-
-def _compbench_items(data_dir: str | Path | None) -> list[PromptItem]:
-    from lpo_bench.data.datasets import load_prompt_file
-
-    items: list[PromptItem] = []
-    for cat in COMPBENCH_CATEGORIES:
-        for i, text in enumerate(load_prompt_file(cat, data_dir=data_dir)):
-            items.append(PromptItem(f"{cat}/{i:04d}", text, cat, i))
-    return items
-
-
-PICKAPIC_DIRS = ("pickapic_v1", "pickapic-anonymous/pickapic_v1", "pickapic-anonymous--pickapic_v1",
-                 "yuvalkirstain/pickapic_v1", "yuvalkirstain--pickapic_v1", ".")
-HPDV2_FILES = ("HPDv2/test.json", "hpdv2/test.json", "ymhao/HPDv2/test.json", "ymhao--HPDv2/test.json",
-               "hpdv2_test.json")
-
-
-def _pickapic_files(data_dir: str | Path | None) -> list[Path]:
-    from lpo_bench.data.pairs import _split_files
-
-    if data_dir is None:
-        raise HarnessError(
-            "the 'general' suite needs a local copy of Pick-a-Pic v1 (pickapic-anonymous/pickapic_v1, "
-            f"split {PICKAPIC_SPLIT}); pass --data-dir DIR with DIR/pickapic_v1/data/{PICKAPIC_SPLIT}-*.parquet"
-        )
-    for sub in PICKAPIC_DIRS:
-        d = Path(data_dir) / sub
-        files = _split_files(d, PICKAPIC_SPLIT) if d.is_dir() else []
-        if files:
-            return files
-    raise HarnessError(
-        f"no Pick-a-Pic v1 {PICKAPIC_SPLIT} parquet under {data_dir} (looked in {', '.join(PICKAPIC_DIRS)}); "
-        f"copy pickapic-anonymous/pickapic_v1's data/{PICKAPIC_SPLIT}-*.parquet to {data_dir}/pickapic_v1/data/"
-    )
-
-
-def _hpdv2_file(data_dir: str | Path | None) -> Path | None:
-    if data_dir is None:
-        return None
-    for rel in HPDV2_FILES:
-        if (Path(data_dir) / rel).is_file():
-            return Path(data_dir) / rel
-    return None
-
-
-def _general_items(data_dir: str | Path | None) -> list[PromptItem]:
-    import pandas as pd
-
-    files = _pickapic_files(data_dir)
-    try:
-        captions = pd.concat([pd.read_parquet(f, columns=["caption"]) for f in files])["caption"].tolist()
-    except Exception as exc:
-        raise HarnessError(f"could not read captions from {files[0]}: {type(exc).__name__}; the file is corrupt "
-                           f"or lacks a 'caption' column") from None
-    unique = list(dict.fromkeys(c for c in captions if isinstance(c, str) and c.strip()))[:GENERAL_PICKAPIC_PROMPTS]
-    items = [PromptItem(f"pickapic_v1/{i:04d}", t, "pickapic_v1", i) for i, t in enumerate(unique)]
-    hp = _hpdv2_file(data_dir)
-    if hp is not None:
-        try:
-            rows = json.loads(hp.read_text(encoding="utf-8"))
-            texts = [r["prompt"] if isinstance(r, dict) else str(r) for r in rows]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HarnessError(f"{hp} is not HPDv2's test.json (a list of {{'prompt': ...}}): {exc}".splitlines()[0]) from None
-        items += [PromptItem(f"hpdv2/{i:04d}", t, "hpdv2", i) for i, t in enumerate(texts)]
-    return items
-
-
 # ---------------------------------------------------------------------------- the suites
 _TOY_SAMPLER = SamplerSpec("DDIMScheduler", 20, 5.0, 0.0)
 
@@ -281,6 +205,50 @@ TOY_GENERAL = Suite(
     categories=TOY_FAMILIES,
     kind="toy",
 )
+
+TOY_GENEVAL = Suite(
+    name="toy-geneval",
+    version=1,
+    description="Toy GenEval: GenEval's six tasks as toy prompts, GenEval's rules on the toy parser's detections",
+    role="test",
+    images_per_prompt=4,
+    sampler=_TOY_SAMPLER,
+    seed_base=42,
+    metrics=(TOY_GENEVAL_METRIC,),
+    categories=GENEVAL_TAGS,
+    kind="toy",
+    overall="categories",
+)
+
+_GENEVAL_NOTES = (
+    "per-image score 100 (correct) or 0; 'all' is the mean of the six task accuracies (GenEval's overall score)",
+    "sampled with DDIM; GenEval's generation script uses the pipeline's default scheduler (PNDM for SD1.5)",
+    "each image has its own seed sample_seed(42, prompt_id, k); GenEval's script seeds 42 once per prompt",
+    "the paper (arXiv 2502.01051) does not state its GenEval CFG; 9.0 is GenEval's generation default",
+    "colour: OpenAI CLIP ViT-L/14 through transformers (the clipscore checkpoint), GenEval loads the same weights "
+    "through open_clip; resize and tokenisation implementations differ",
+)
+
+
+def _geneval_suite(name: str, steps: int) -> Suite:
+    return Suite(
+        name=name,
+        version=1,
+        description=f"GenEval (djghosh13/geneval@af4902f): 553 prompts in six tasks, 4 images each, {steps} steps",
+        role="test",
+        images_per_prompt=4,
+        sampler=SamplerSpec("DDIMScheduler", steps, 9.0, 0.0),
+        seed_base=42,
+        metrics=(GENEVAL_METRIC,),
+        categories=GENEVAL_TAGS,
+        kind="real",
+        notes=_GENEVAL_NOTES,
+        overall="categories",
+    )
+
+
+GENEVAL = _geneval_suite("geneval", 50)
+GENEVAL_20 = _geneval_suite("geneval-20", 20)
 
 COMPBENCH = Suite(
     name="compbench",

@@ -5,7 +5,8 @@ so batch size and prompt subsets never change an image. Images are quantised to 
 exactly as the saved PNGs that the official scripts score.
 
 Aggregates: per metric, one row per category it scored and, when it scored several, one for "all".
-``value`` is the mean score; the 95% CI is a bootstrap over prompts of the per-prompt mean scores (images
+``value`` is the mean score ("all" of a suite with ``overall="categories"``, GenEval: the mean of the category
+means, with a bootstrap stratified by category); the 95% CI is a bootstrap over prompts of the per-prompt mean scores (images
 of one prompt share the prompt, so they are not independent samples); ``n`` is the number of scored images
 and ``n_prompts`` the number of prompts.
 """
@@ -177,7 +178,11 @@ def aggregate(
         prov = scorers.get(metric, {})
         for cat, g in groups:
             per_prompt = g.groupby("prompt_id", sort=False)["score"].mean()
-            value, lo, hi = stats.mean_ci(per_prompt.to_numpy())
+            if cat == "all" and suite.overall == "categories":
+                by_cat = g.groupby(["category", "prompt_id"], sort=False)["score"].mean()
+                value, lo, hi = stats.mean_of_means_ci([by_cat[c].to_numpy() for c in cats])
+            else:
+                value, lo, hi = stats.mean_ci(per_prompt.to_numpy())
             rows.append({
                 **common, "metric": metric, "category": cat, "value": value, "ci_low": lo, "ci_high": hi,
                 "n": int(np.isfinite(g["score"].to_numpy(dtype=float)).sum()), "n_prompts": int(len(per_prompt)),

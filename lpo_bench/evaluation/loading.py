@@ -1,5 +1,5 @@
-"""Metrics of a suite, ready to score: in-process adapters (loaded once per process) and T2I-CompBench's
-out-of-process detector, with the reason for every metric that cannot run here."""
+"""Metrics of a suite, ready to score: in-process adapters (loaded once per process) and the out-of-process
+detectors (T2I-CompBench's UniDet, GenEval's Mask2Former), with the reason for every metric that cannot run here."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from lpo_bench import registry
 from lpo_bench.data.suites import Suite
+from lpo_bench.errors import HarnessError
 
 T2I_DETECTOR_ENV = "LPO_BENCH_T2I_DETECTOR"
 _SAVED_HINT = ("its images are still saved in T2I-CompBench naming under images/<category>/samples for "
@@ -42,8 +43,11 @@ def load_metric(metric_id: str, *, device: str = "cpu", weights_dir: str | Path 
     return _LOADED[key]
 
 
-def external_scorer(metric_id: str, *, data_dir: str | Path | None = None) -> tuple[Any, str]:
-    """(scorer, "") for a T2I-CompBench detector metric, or (None, why it is unavailable).
+def external_scorer(metric_id: str, *, data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
+                    device: str = "cpu") -> tuple[Any, str]:
+    """(scorer, "") for an out-of-process detector metric, or (None, why it is unavailable).
+
+    GenEval (``geneval``): :func:`lpo_bench.metrics.geneval.external_geneval_scorer`.
 
     The UniDet categories run T2I-CompBench's detector out of process
     (:class:`lpo_bench.metrics.external.ExternalDetectorScorer`); its command line comes from
@@ -54,8 +58,12 @@ def external_scorer(metric_id: str, *, data_dir: str | Path | None = None) -> tu
     import os
     import shlex
 
-    from lpo_bench.data.suites import UNIDET_METRICS
+    from lpo_bench.data.suites import GENEVAL_METRIC, UNIDET_METRICS
 
+    if metric_id == GENEVAL_METRIC:
+        from lpo_bench.metrics.geneval import external_geneval_scorer
+
+        return external_geneval_scorer(data_dir=data_dir, weights_dir=weights_dir, device=device)
     if metric_id == UNIDET_METRICS["complex"]:
         return None, (f"{metric_id} combines BLIP-VQA, UniDet-2D and CLIP ViT-B/32 on adjective-free prompts "
                       f"(T2I-CompBench 3_in_1.py); lpo-bench has no ViT-B/32 CLIP adapter, so it is not computed "
@@ -89,16 +97,20 @@ class SuiteMetrics:
 
 def resolve_metrics(suite: Suite, categories: Sequence[str], *, device: str, weights_dir: str | Path | None,
                     data_dir: str | Path | None = None) -> SuiteMetrics:
-    """Load every metric the categories need (missing weights: HarnessError); external ones may be absent."""
+    """Load every metric the categories need (missing weights: HarnessError); external ones may be absent, but
+    when no category can be scored at all the suite is refused in one line naming what is missing."""
     out = SuiteMetrics()
     needed = {m for c in categories for m in suite.metrics_for(c)}
     for m in (m for m in suite.metrics if m in needed):
         if m in registry.METRICS:
             out.inproc[m] = load_metric(m, device=device, weights_dir=weights_dir)
         else:
-            scorer, reason = external_scorer(m, data_dir=data_dir)
+            scorer, reason = external_scorer(m, data_dir=data_dir, weights_dir=weights_dir, device=device)
             if scorer is None:
                 out.unavailable[m] = reason
             else:
                 out.external[m] = scorer
+    if categories and not any(out.available_for(suite, c) for c in categories):
+        why = "; ".join(dict.fromkeys(out.unavailable.values()))
+        raise HarnessError(f"suite {suite.name} cannot be scored here: {why}")
     return out

@@ -52,11 +52,11 @@ def eval_run(
     identity = {"kind": "eval", "model": spec.identity(), "suite": s.name, "suite_version": s.version,
                 "inputs_sha256": inputs}
     dev = pick_device(device)
+    cats = [c for c in s.categories if any(it.category == c for it in items)]
+    metrics = resolve_metrics(s, cats, device=dev, weights_dir=weights_dir, data_dir=data_dir)  # before the model
     with RunRecorder("eval", f"{spec.tag}-{s.name}-{split_used}", identity, out_root=out_root,
                      overwrite=overwrite, resumable=False) as run:
         bundle = load_model(spec, weights_dir=weights_dir, device=dev, bundle=bundle)
-        cats = [c for c in s.categories if any(it.category == c for it in items)]
-        metrics = resolve_metrics(s, cats, device=dev, weights_dir=weights_dir, data_dir=data_dir)
         sp = s.sampler
         info: dict[str, Any] = {
             "model": model, "model_spec": spec.describe(), "backbone": spec.backbone, "suite": s.describe(),

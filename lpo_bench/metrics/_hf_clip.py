@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -46,7 +46,11 @@ class HFClip:
         self.model = load_hf_model(transformers.CLIPModel, model_dir, source).to(device)
 
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.image_processor(images=to_pil(images), return_tensors="pt")["pixel_values"]
+        return self.pil_embeds(to_pil(images))
+
+    def pil_embeds(self, images: Sequence[Any]) -> torch.Tensor:
+        """Embeddings [b, d] of PIL images of any sizes (each resized and centre-cropped by the processor)."""
+        pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         emb = features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 

@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lpo_bench.toy import geneval as toy_geneval
 from lpo_bench.toy import oracle as O
 from lpo_bench.toy import world as W
 from lpo_bench.toy.parser import EPS_PROB, ParsedObject, ParsedScene, parse_batch
@@ -209,8 +210,9 @@ def _source_sha256() -> str:
     """sha256 over the toy world's source files: the toy scorers' "checkpoint"."""
     h = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("world.py", "parser.py", "oracle.py", "metrics.py"):
+    for name in ("world.py", "parser.py", "oracle.py", "metrics.py", "geneval.py"):
         h.update((here / name).read_bytes())
+    h.update((here.parent / "metrics" / "geneval_rules.py").read_bytes())
     return h.hexdigest()
 
 
@@ -292,6 +294,13 @@ class ToyVQA(_ToyScorer):
 
     id = "toy-vqa"
     _fn = staticmethod(vqa_from_parsed)
+
+
+class ToyGenEval(_ToyScorer):
+    """Toy GenEval: GenEval's rules on the parser's detections (:mod:`lpo_bench.toy.geneval`), 100 or 0 per image."""
+
+    id = "toy-geneval"
+    _fn = staticmethod(toy_geneval.score_parsed)
 
 
 class ToyCompBench(_ToyScorer):
