@@ -2,7 +2,7 @@
 
 Stages (each a normal run, so the report reads the same records a real study would): toy pairs -> every
 method (its reward-model stage first) -> evaluation of the base model and every trained model on
-toy-general and toy-compbench -> step-level accuracy of every trained step reward model and of pixel
+toy-general, toy-compbench and toy-geneval -> step-level accuracy of every trained step reward model and of pixel
 metrics across t -> compare into a report. With ``quick`` each method runs its spec's ``quick`` settings
 (seconds; the numbers mean nothing at that size).
 """
@@ -17,7 +17,7 @@ from typing import Any
 from lpo_bench import progress, registry
 from lpo_bench.toy.default_pairs import DEMO_PAIRS
 
-EVAL_SUITES = ("toy-general", "toy-compbench")
+EVAL_SUITES = ("toy-general", "toy-compbench", "toy-geneval")
 STEP_ACC_METRICS = ("toy-oracle", "toy-clip")
 STEP_ACC_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
 QUICK_STEP_ACC_TIMESTEPS = (1, 501, 951)

@@ -8,6 +8,12 @@ flushed per row). GPU-hours = wall seconds x devices allocated / 3600.
 Headline accounting (after AlgoPerf's timing rules): PREP, SAMPLE, SCORE and UPDATE count; RM_TRAIN
 is reported separately (amortised: LPO's speedup depends on including it or not); SETUP, EVAL and
 CHECKPOINT are recorded but off the clock.
+
+Work counters (``count``: one count = one sample through a component, e.g. ``unet_fwd``) are kept per phase,
+attributed like time (innermost open phase; inside a step, UPDATE; outside both, ``NO_PHASE``). Each row
+carries ``counts`` (this row's totals) and ``counts_by_phase`` ({phase: {counter: n}}); ``count_totals``
+replays them (rows of older ledgers, which have ``counts`` only, go to ``UNKNOWN_PHASE``).
+``lpo_bench.harness.flops`` prices them in FLOPs.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ AMORTISED = (Phase.RM_TRAIN,)
 UNCOUNTED = (Phase.SETUP, Phase.EVAL, Phase.CHECKPOINT)
 IDENTITY_TOLERANCE = 0.01
 IDENTITY_ABS_TOLERANCE_S = 0.05
+NO_PHASE = "NO_PHASE"  # counts made outside any phase and outside a runner step
+UNKNOWN_PHASE = "UNKNOWN_PHASE"  # counts of rows written before counts were kept per phase
+
+CountsByPhase = dict[str, dict[str, float]]  # {phase name: {counter: count}}
 
 
 class Ledger:
@@ -74,7 +84,9 @@ class Ledger:
         # this process's own phase seconds before the max over ranks: the wall-time identity holds per rank
         # (a sum of per-row maxima over ranks can exceed any one rank's wall time)
         self.local_s = 0.0
-        self.counts: dict[str, float] = {}
+        self.counts: dict[str, float] = {}  # this row's counts, all phases (written as "counts")
+        self._phase_counts: CountsByPhase = {}  # this row's counts per phase (written as "counts_by_phase")
+        self.count_totals: CountsByPhase = {}  # every flushed row's counts per phase (replayed on reload)
         self._stack: list[Phase] = []
         self._pending: dict[Phase, float] = {}
         self._last = 0.0
@@ -127,8 +139,11 @@ class Ledger:
             self._flush({"type": "step", "step": step})
 
     def count(self, name: str, n: float = 1) -> None:
-        """Increment a work counter (unet_fwd, vae_decode, reward_fwd, ...)."""
+        """Increment a work counter (unet_fwd, vae_decode, reward_fwd, ...) by ``n`` samples, in the current phase."""
         self.counts[name] = self.counts.get(name, 0) + n
+        key = self._stack[-1].value if self._stack else Phase.UPDATE.value if self._in_step else NO_PHASE
+        bucket = self._phase_counts.setdefault(key, {})
+        bucket[name] = bucket.get(name, 0) + n
 
     # ---------------------------------------------------------------- rows
     def _flush(self, row: dict[str, Any]) -> None:
@@ -144,6 +159,8 @@ class Ledger:
         row = {**row, "seconds": seconds, "wall_s": sum(seconds.values())}
         if self.counts:
             row["counts"], self.counts = dict(self.counts), {}
+            row["counts_by_phase"], self._phase_counts = self._phase_counts, {}
+            _add_counts(self.count_totals, row["counts_by_phase"])
         self._append(row)
         self.paused_s += self.clock() - t0
 
@@ -174,20 +191,34 @@ class Ledger:
             for k, v in row["totals"].items():
                 self.totals[Phase(k)] = float(v)
             self.lost_s += float(row.get("lost_s", 0.0))
+            if row.get("count_totals") is not None:
+                self.count_totals = {}
+                _add_counts(self.count_totals, row["count_totals"])
             return
         for k, v in row.get("seconds", {}).items():
             self.totals[Phase(k)] += float(v)
+        if "counts_by_phase" in row:
+            _add_counts(self.count_totals, row["counts_by_phase"])
+        elif row.get("counts"):
+            _add_counts(self.count_totals, {UNKNOWN_PHASE: row["counts"]})
 
-    def rewind(self, totals: dict[str, float]) -> None:
-        """On resume: reset totals to those saved with the checkpoint; the rest is recorded as lost."""
+    def rewind(self, totals: dict[str, float], count_totals: CountsByPhase | None = None) -> None:
+        """On resume: reset totals (and the per-phase counts, when the checkpoint saved them) to those saved with
+        the checkpoint; the rest is recorded as lost."""
         lost = sum(self.totals.values()) - sum(totals.values())
-        row = {"type": "rewind", "totals": dict(totals), "lost_s": max(lost, 0.0)}
+        row: dict[str, Any] = {"type": "rewind", "totals": dict(totals), "lost_s": max(lost, 0.0)}
+        if count_totals is not None:
+            row["count_totals"] = {p: dict(c) for p, c in count_totals.items()}
         self._apply(row)
         self._append(row)
 
     # ---------------------------------------------------------------- summaries
     def totals_dict(self) -> dict[str, float]:
         return {p.value: s for p, s in self.totals.items()}
+
+    def counts_by_phase(self) -> CountsByPhase:
+        """A copy of the flushed counts per phase: {phase name: {counter: samples}}."""
+        return {p: dict(c) for p, c in self.count_totals.items()}
 
     def counted_s(self) -> float:
         return sum(self.totals[p] for p in COUNTED)
@@ -204,7 +235,15 @@ class Ledger:
             "devices": self.devices,
             "lost_s": self.lost_s,
             "paused_s": self.paused_s,
+            "counts_by_phase": self.counts_by_phase(),
         }
+
+
+def _add_counts(into: CountsByPhase, add: dict[str, dict[str, Any]]) -> None:
+    for phase, counts in add.items():
+        bucket = into.setdefault(phase, {})
+        for name, n in counts.items():
+            bucket[name] = bucket.get(name, 0) + float(n)
 
 
 def check_identity(phase_s: float, paused_s: float, wall_s: float, tol: float = IDENTITY_TOLERANCE,

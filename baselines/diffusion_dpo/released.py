@@ -17,7 +17,8 @@ CODE = "SalesforceAIResearch/DiffusionDPO@5233e75919f9"
 PIN_NOTE = "the authors publish no sha256 or commit for the mhdang repos, and the hub cannot be read offline"
 _NOTE = ("LPO's re-evaluation (Kwai-Kolors/LPO evaluation/general_score_pap_val.py): DDIM eta 0, seed 42, "
          "1 image per prompt")
-_ROWS = ("tab2:Diffusion-DPO", "tab2-geneval:Diffusion-DPO", "tab3:Diffusion-DPO")
+_ROWS = ("tab2:Diffusion-DPO", "tab2-geneval-20:Diffusion-DPO", "tab2-geneval-50:Diffusion-DPO",
+         "tab3:Diffusion-DPO")
 
 
 def _dpo(name: str, backbone: str, repo: str, guidance_scale: float) -> ReleasedModel:

@@ -71,8 +71,8 @@ def _spo(name: str, backbone: str, repo: str, rows: tuple[str, ...]) -> Released
         pin_note=PIN_NOTE, method="spo", paper=PAPER, protocol=PROTOCOL, published_rows=rows)
 
 
-_ROWS = ("tab2:SPO (re-evaluated)", "tab2:SPO (SPO paper)", "tab2-geneval:SPO (re-evaluated)",
-         "tab2-geneval:SPO (SPO paper)", "tab3:SPO")
+_ROWS = ("tab2:SPO (re-evaluated)", "tab2:SPO (SPO paper)", "tab2-geneval-20:SPO (re-evaluated)",
+         "tab2-geneval-50:SPO (re-evaluated)", "tab2-geneval-50:SPO (SPO paper)", "tab3:SPO")
 SPM_SD15 = _spm("spm-sd15", "sd15", "sd-v1-5_step-aware_preference_model.bin")
 SPM_SDXL = _spm("spm-sdxl", "sdxl", "sdxl_step-aware_preference_model.bin")
 SPO_SD15 = _spo("spo-sd15", "sd15", "SPO-Diffusion-Models/SPO-SD-v1-5_4k-p_10ep", _ROWS)

@@ -33,8 +33,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass
 class Checkpointer:
-    """``checkpoint.pt`` of a run: {"step", "state", "rng", "ledger_totals"} (+ "precision": the fp16 loss scaler's
-    state, when there is one); only the main process writes."""
+    """``checkpoint.pt`` of a run: {"step", "state", "rng", "ledger_totals", "ledger_counts"} (+ "precision": the fp16
+    loss scaler's state, when there is one); only the main process writes. ``ledger_counts`` (the ledger's work
+    counts per phase) is absent from older checkpoints: resuming one keeps the counts of the lost work."""
 
     path: Path
     write: bool = True
@@ -43,7 +44,7 @@ class Checkpointer:
     def save(self, step: int, trainable: Any, ledger: Ledger) -> None:
         if self.write:
             state = {"step": step, "state": trainable.state_dict(), "rng": rng_state(),
-                     "ledger_totals": ledger.totals_dict()}
+                     "ledger_totals": ledger.totals_dict(), "ledger_counts": ledger.counts_by_phase()}
             if self.precision is not None and (amp := self.precision.state_dict()):
                 state["precision"] = amp
             records.atomic_torch_save(self.path, state)
@@ -60,7 +61,7 @@ class Checkpointer:
             state = load_checkpoint(self.path)
             trainable.load_state_dict(state["state"])
             set_rng_state(state["rng"])
-            ledger.rewind(state["ledger_totals"])
+            ledger.rewind(state["ledger_totals"], state.get("ledger_counts"))
             if self.precision is not None:
                 self.precision.load_state_dict(state.get("precision", {}))
         log(f"resumed {self.path.parent.name} at update {int(state['step'])}")

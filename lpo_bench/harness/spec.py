@@ -63,6 +63,11 @@ class StepRewardModelSpec:
     ``marker_file``: the file that identifies a saved model directory of this kind.
     ``random_model``: ``"module:fn"``, ``fn(bundle, *, full_size, seed) -> model`` with random weights, for
     ``bench`` (costs do not depend on the weights).
+    ``flop_probes``: ``"module:fn"``, ``fn(bundle, *, model_dir, cfg, full_size) -> iterable of FlopProbe``: the
+    work behind the model's ledger counters (``reward_fwd``, ``reward_fwdbwd``, ...) for pricing them in FLOPs
+    (``lpo_bench.harness.flops``). ``model_dir``: the run's trained model (None: random weights at ``bundle``'s
+    size, the released models' size when ``full_size``); ``cfg``: the trainer config (which parts train; None:
+    its defaults). None: those counters stay unpriced.
     """
 
     name: str
@@ -73,6 +78,24 @@ class StepRewardModelSpec:
     random_model: str
     summary: str
     inputs: frozenset[str] = frozenset({"pairs"})
+    flop_probes: str | None = None
+
+
+@dataclass(frozen=True)
+class FlopProbe:
+    """The work of ``samples`` counts of ledger counter ``counter`` (one count = one sample through a component),
+    for measuring its FLOPs per call (``lpo_bench.harness.flops``).
+
+    ``call()`` does that work once, as the run does it (a ``*_fwdbwd`` counter runs the backward too);
+    ``how``: what it runs, in words; ``net_of``: {other counter: calls}: work inside ``call`` that the run
+    counts under those counters too, subtracted (per sample) so that no work is priced twice.
+    """
+
+    counter: str
+    call: Callable[[], Any]
+    how: str
+    samples: int = 1
+    net_of: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def _lpo(name: str, backbone: str, folder: str, row: str) -> ReleasedModel:
         summary=f"the authors' LPO-optimised {backbone} UNet (LoRA merged)", source=CODE,
         layout=f"{folder}/unet/: diffusers UNet2DConditionModel (config.json + diffusion_pytorch_model.*)",
         pin_note=PIN_NOTE, method="lpo", paper=PAPER, protocol=PROTOCOL,
-        published_rows=(f"tab2:{row}", f"tab2-geneval:{row}", f"tab3:{row}"))
+        published_rows=(f"tab2:{row}", f"tab2-geneval-20:{row}", f"tab2-geneval-50:{row}",
+                       f"tab25-26-geneval-tasks:{row}", f"tab3:{row}"))
 
 
 LRM_SD15 = _lrm("lrm-sd15", "sd15", "lrm_sd15")
