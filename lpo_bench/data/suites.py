@@ -180,45 +180,19 @@ def balanced_subset(items: list[PromptItem], categories: tuple[str, ...], max_pr
 # ---------------------------------------------------------------------------- the suites
 _TOY_SAMPLER = SamplerSpec("DDIMScheduler", 20, 5.0, 0.0)
 
-TOY_COMPBENCH = Suite(
-    name="toy-compbench",
-    version=1,
-    description="Toy T2I-CompBench++: six families, each scored by its category-specific toy evaluator",
-    role="test",
-    images_per_prompt=4,
-    sampler=_TOY_SAMPLER,
-    seed_base=42,
-    metrics=(TOY_COMPBENCH_METRIC,),
-    categories=TOY_FAMILIES,
-    kind="toy",
-)
+def _toy_suite(name: str, description: str, metrics: tuple[str, ...], categories: tuple[str, ...],
+               **kw: Any) -> Suite:
+    """A toy suite: test role, 4 images per prompt, the toy sampler, seed base 42."""
+    return Suite(name=name, version=1, description=description, role="test", images_per_prompt=4,
+                 sampler=_TOY_SAMPLER, seed_base=42, metrics=metrics, categories=categories, kind="toy", **kw)
 
-TOY_GENERAL = Suite(
-    name="toy-general",
-    version=1,
-    description="Toy general quality: oracle reward, toy aesthetic, toy CLIP and toy VQA over mixed prompts",
-    role="test",
-    images_per_prompt=4,
-    sampler=_TOY_SAMPLER,
-    seed_base=42,
-    metrics=("toy-oracle", "toy-aesthetic", "toy-clip", "toy-vqa"),
-    categories=TOY_FAMILIES,
-    kind="toy",
-)
 
-TOY_GENEVAL = Suite(
-    name="toy-geneval",
-    version=1,
-    description="Toy GenEval: GenEval's six tasks as toy prompts, GenEval's rules on the toy parser's detections",
-    role="test",
-    images_per_prompt=4,
-    sampler=_TOY_SAMPLER,
-    seed_base=42,
-    metrics=(TOY_GENEVAL_METRIC,),
-    categories=GENEVAL_TAGS,
-    kind="toy",
-    overall="categories",
-)
+TOY_COMPBENCH = _toy_suite("toy-compbench", "Toy T2I-CompBench++: six families, each scored by its category-specific "
+                           "toy evaluator", (TOY_COMPBENCH_METRIC,), TOY_FAMILIES)
+TOY_GENERAL = _toy_suite("toy-general", "Toy general quality: oracle reward, toy aesthetic, toy CLIP and toy VQA over "
+                         "mixed prompts", ("toy-oracle", "toy-aesthetic", "toy-clip", "toy-vqa"), TOY_FAMILIES)
+TOY_GENEVAL = _toy_suite("toy-geneval", "Toy GenEval: GenEval's six tasks as toy prompts, GenEval's rules on the toy "
+                         "parser's detections", (TOY_GENEVAL_METRIC,), GENEVAL_TAGS, overall="categories")
 
 _GENEVAL_NOTES = (
     "per-image score 100 (correct) or 0; 'all' is the mean of the six task accuracies (GenEval's overall score)",

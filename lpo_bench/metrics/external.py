@@ -126,6 +126,30 @@ def score_image(
     raise HarnessError(f"unknown detector category '{category}'; choose one of {', '.join(DETECTOR_CATEGORIES)}")
 
 
+def run_json_command(command: Sequence[str], fill: dict[str, str], *, timeout_s: float, what: str, hint: str,
+                     env: dict[str, str] | None = None) -> Any:
+    """Run ``command`` (argv template; ``fill`` and ``{out}``, a temporary file, are substituted) and return the
+    JSON it wrote to ``{out}``; HarnessError in one line when it is missing, fails, times out or writes no JSON.
+    ``env`` adds variables to this process's environment."""
+    with tempfile.TemporaryDirectory(prefix="lpo-bench-external-") as tmp:
+        out = Path(tmp) / "out.json"
+        argv = [a.format(**fill, out=str(out)) for a in command]
+        full_env = None if env is None else {**os.environ, **env}
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=full_env, check=False)
+        except FileNotFoundError:
+            raise HarnessError(f"{what} not found: {argv[0]}; {hint}") from None
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"{what} timed out after {timeout_s:.0f} s: {' '.join(argv)}") from None
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            raise HarnessError(f"{what} failed with exit code {proc.returncode}: {tail[0]}")
+        try:
+            return json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"{what} wrote no valid JSON to {{out}}: {exc}".splitlines()[0]) from None
+
+
 class ExternalDetectorScorer:
     """Runs the T2I-CompBench UniDet/DPT detector command and scores its detections."""
 
@@ -158,25 +182,11 @@ class ExternalDetectorScorer:
         image_dir = Path(image_dir)
         if not image_dir.is_dir():
             raise HarnessError(f"image dir {image_dir} does not exist")
-        with tempfile.TemporaryDirectory(prefix="lpo-bench-detector-") as tmp:
-            out = Path(tmp) / "detections.json"
-            argv = [a.format(image_dir=str(image_dir), category=category, out=str(out)) for a in self.command]
-            env = None if self.env is None else {**os.environ, **self.env}
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, env=env, check=False)
-            except FileNotFoundError:
-                raise HarnessError(f"detector command not found: {argv[0]}; set the detector command to its environment's python") from None
-            except subprocess.TimeoutExpired:
-                raise HarnessError(f"detector command timed out after {self.timeout_s:.0f} s: {' '.join(argv)}") from None
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-                raise HarnessError(f"detector command failed with exit code {proc.returncode}: {tail[0]}")
-            try:
-                data = json.loads(out.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise HarnessError(f"detector wrote no valid JSON to {{out}}: {exc}".splitlines()[0]) from None
+        data = run_json_command(self.command, {"image_dir": str(image_dir), "category": category},
+                                timeout_s=self.timeout_s, env=self.env, what="detector command",
+                                hint="set the detector command to its environment's python")
         self.detector_info = dict(data.get("detector", {})) if isinstance(data, dict) else {}
-        return parse_detections(data, f"output of {argv[0]}")
+        return parse_detections(data, f"output of {self.command[0]}")
 
     def score_dir(self, image_dir: str | Path, category: str) -> list[ImageScore]:
         """One :class:`ImageScore` per image of ``image_dir``, in question-id order."""

@@ -18,10 +18,7 @@ object's crop (:func:`geneval_rules.color_crop`) gets the colour of highest cosi
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Any, ClassVar
 from lpo_bench.errors import HarnessError
 from lpo_bench.metrics import geneval_rules as R
 from lpo_bench.metrics.compbench_rules import parse_image_file_name
-from lpo_bench.metrics.external import ImageScore
+from lpo_bench.metrics.external import ImageScore, run_json_command
 
 DETECTIONS_FORMAT = "lpo-bench-geneval-detections/v1"
 GENEVAL_DETECTOR_ENV = "LPO_BENCH_GENEVAL_DETECTOR"
@@ -129,26 +126,12 @@ class GenEvalScorer:
             self.by_prompt[(md.tag, md.prompt)] = md
 
     def run_detector(self, image_dir: Path) -> list[ImageDetections]:
-        with tempfile.TemporaryDirectory(prefix="lpo-bench-geneval-") as tmp:
-            out = Path(tmp) / "detections.json"
-            argv = [a.format(image_dir=str(image_dir), out=str(out)) for a in self.command]
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
-            except FileNotFoundError:
-                raise HarnessError(f"GenEval detector command not found: {argv[0]}; set {GENEVAL_DETECTOR_ENV} to "
-                                   f"the command `nox -s geneval-env` prints") from None
-            except subprocess.TimeoutExpired:
-                raise HarnessError(f"GenEval detector timed out after {self.timeout_s:.0f} s on {image_dir}") from None
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-                raise HarnessError(f"GenEval detector failed with exit code {proc.returncode}: {tail[0]}")
-            try:
-                data = json.loads(out.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise HarnessError(f"GenEval detector wrote no valid JSON: {exc}".splitlines()[0]) from None
+        data = run_json_command(self.command, {"image_dir": str(image_dir)}, timeout_s=self.timeout_s,
+                                what="GenEval detector",
+                                hint=f"set {GENEVAL_DETECTOR_ENV} to the command `nox -s geneval-env` prints")
         self.detector_info = dict(data.get("detector", {})) if isinstance(data, dict) else {}
         self.detector_info["color_classifier"] = self.colors_ref
-        return parse_detections(data, f"output of {argv[0]}")
+        return parse_detections(data, f"output of {self.command[0]}")
 
     def score_image(self, item: ImageDetections, image_dir: Path, tag: str) -> tuple[bool, str]:
         """(correct, reason) of one image; its metadata is found by ``tag`` and the prompt in its file name."""
