@@ -153,17 +153,30 @@ def test_oracle_alignment_and_aesthetic_rules():
 def test_label_pairs_ties_and_bradley_terry():
     rng = np.random.default_rng(0)
     r0 = np.array([1.0, 1.0, 1.0, 1.5, 0.0])
-    r1 = np.array([1.0, 1.019, 0.981, 0.0, 1.5])
+    r1 = np.array([1.0, 1.029, 0.971, 0.0, 1.5])  # gaps under the tie margin 0.03 are ties
     assert O.label_pairs(r0, r1, rng).tolist() == [0.5, 0.5, 0.5, 1.0, 0.0]
     n = 20000
-    labels = O.label_pairs(np.full(n, 0.05), np.zeros(n), np.random.default_rng(1))
+    t = O.DEFAULT_TEMPERATURE
+    labels = O.label_pairs(np.full(n, t), np.zeros(n), np.random.default_rng(1), tie_margin=0.0)
     assert set(np.unique(labels)) <= {0.0, 1.0}
-    assert labels.mean() == pytest.approx(1 / (1 + math.exp(-1)), abs=0.015)  # sigmoid(0.05 / 0.05)
-    assert O.label_pairs(np.zeros(n), np.full(n, 0.05), np.random.default_rng(1)).mean() == pytest.approx(
+    assert labels.mean() == pytest.approx(1 / (1 + math.exp(-1)), abs=0.015)  # sigmoid(T / T)
+    assert O.label_pairs(np.zeros(n), np.full(n, t), np.random.default_rng(1), tie_margin=0.0).mean() == pytest.approx(
         1 - 1 / (1 + math.exp(-1)), abs=0.015
     )
     wider = O.label_pairs(np.full(n, 0.05), np.zeros(n), np.random.default_rng(1), tie_margin=0.1)
     assert np.all(wider == 0.5)
+
+
+def test_label_agreement_counts_decided_pairs_only():
+    r0, r1 = np.array([1.0, 0.2, 0.5, 0.7, 0.3]), np.array([0.5, 0.6, 0.5, 0.7, 0.1])
+    # decided: pair 0 (gap +, won: agrees), pair 1 (gap -, won: disagrees), pair 2 (gap 0: half); pair 3 tie;
+    # pair 4 (gap +, lost: disagrees) -> (1 + 0 + 0.5 + 0) / 4
+    assert O.label_agreement(r0, r1, np.array([1.0, 1.0, 0.0, 0.5, 0.0])) == pytest.approx(0.375)
+    assert math.isnan(O.label_agreement(r0, r1, np.full(5, 0.5)))
+    # at the default temperature and margin, labels drawn from gaps like the toy pairs' agree >= 0.9
+    gaps = np.random.default_rng(0).exponential(0.15, 50000)
+    labels = O.label_pairs(gaps, np.zeros_like(gaps), np.random.default_rng(1))
+    assert O.label_agreement(gaps, np.zeros_like(gaps), labels) >= 0.9
 
 
 # ---------------------------------------------------------------- end to end on renders

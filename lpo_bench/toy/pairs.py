@@ -4,7 +4,9 @@ Each split (train / val / test, disjoint prompts from ``lpo_bench.data.prompts.t
 parquet file with ``caption``, ``jpg_0``, ``jpg_1`` (PNG bytes), ``label_0``, ``label_1``,
 ``num_example_per_prompt``, the MPCF columns (``different_flag``, ``aesthetic_gap``, ``clipscore_gap``,
 ``vqascore_gap`` from the toy aesthetic / CLIP-like / VQA-like metrics), and toy-only extras
-(``reward_0``, ``reward_1``, ``family``). Images are sampled with DDIM (eta 0, 20 steps) at a guidance
+(``reward_0``, ``reward_1``, the oracle's parts ``alignment_0/1`` and ``oracle_aesthetic_0/1``, ``family``).
+``pairs.json`` records the oracle's labelling settings and, per split, how often the oracle scoring the pair's
+own images agrees with the drawn labels (``oracle_label_agreement``, decided pairs). Images are sampled with DDIM (eta 0, 20 steps) at a guidance
 scale drawn per image from {3, 5, 7.5}, as Pick-a-Pic mixes generation settings.
 """
 
@@ -18,7 +20,7 @@ from lpo_bench import progress, records
 from lpo_bench.errors import HarnessError
 
 GUIDANCE_CHOICES = (3.0, 5.0, 7.5)
-PAIRS_VERSION = "1"
+PAIRS_VERSION = "2"  # v2: oracle T 0.02, tie margin 0.03; oracle parts per image
 
 
 def make_pairs(
@@ -85,7 +87,8 @@ def make_pairs(
                         bar.advance(len(sub), split=split)
                 imgs.append(arr.permute(0, 2, 3, 1).numpy())
             specs = [world.parse_prompt(p) for p in prompts]
-            rewards = [oracle.oracle_reward(im, specs) for im in imgs]
+            parts_per_image = [oracle.oracle_components(im, specs) for im in imgs]
+            rewards = [c["reward"] for c in parts_per_image]
             scores = [{"aesthetic": metrics.aesthetic_score(im, specs), "clipscore": metrics.clip_like_score(im, specs),
                        "vqascore": metrics.vqa_score(im, specs)} for im in imgs]
             combos = [(a, b) for a in range(k_img) for b in range(a + 1, k_img)]
@@ -102,14 +105,21 @@ def make_pairs(
                     "num_example_per_prompt": np.full(n, len(combos), dtype=np.int64),
                     **gap_columns(scores[a], scores[b], label_0),
                     "reward_0": rewards[a], "reward_1": rewards[b],
+                    "alignment_0": parts_per_image[a]["alignment"], "alignment_1": parts_per_image[b]["alignment"],
+                    "oracle_aesthetic_0": parts_per_image[a]["aesthetic"],
+                    "oracle_aesthetic_1": parts_per_image[b]["aesthetic"],
                     "family": [sp.family for sp in specs],
                 }))
             df = pd.concat(parts, ignore_index=True)
             label_all = df["label_0"].to_numpy()
             records.atomic_write_parquet(out / f"{split}.parquet", df)
             meta["counts"][split] = {"prompts": n, "images_per_prompt": k_img, "pairs": len(df),
-                                     "ties": int((label_all == 0.5).sum()), "mean_reward": float(np.mean(rewards))}
-            log(f"[toy pairs] {split}: {len(df)} pairs from {n} prompts, {meta['counts'][split]['ties']} ties")
+                                     "ties": int((label_all == 0.5).sum()), "mean_reward": float(np.mean(rewards)),
+                                     "oracle_label_agreement": oracle.label_agreement(
+                                         df["reward_0"], df["reward_1"], label_all)}
+            c = meta["counts"][split]
+            log(f"[toy pairs] {split}: {len(df)} pairs from {n} prompts, {c['ties']} ties, oracle agrees with "
+                f"{c['oracle_label_agreement']:.3f} of the decided labels")
     records.atomic_write_json(out / "pairs.json", meta)
     (out / "README.txt").write_text(__doc__ or "")
     return out

@@ -50,6 +50,7 @@ MIN_SNR_GAMMA = 5.0
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 DEFECT_PROB = 0.3
+EMA_DECAY = 0.999  # the saved UNet and text encoder are the EMA of their weights
 NUM_THREADS = 1  # one intra-op thread: reproducible, and immune to oversubscription on shared machines
 _FLIP_WORDS = {"left": "right", "right": "left"}
 
@@ -70,13 +71,13 @@ def flip_prompt(text: str) -> str:
     return " ".join(_FLIP_WORDS.get(w, w) for w in text.split(" "))
 
 
-def _make_pool(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
+def _make_pool(n: int, seed: int, defect_prob: float = DEFECT_PROB) -> tuple[list[str], torch.Tensor]:
     """n training pairs plus their mirror images -> (2n texts, images [2n,3,32,32] in [-1,1])."""
     rng = _rng(seed, "pool")
     texts, imgs = [], []
     with progress.task("toy pretrain: render", total=n, unit="image") as bar:
         for start in range(0, n, 512):
-            t, im = world.sample_training_batch(rng, min(512, n - start), defect_prob=DEFECT_PROB)
+            t, im = world.sample_training_batch(rng, min(512, n - start), defect_prob=defect_prob)
             texts += t
             imgs.append(torch.from_numpy(im).permute(0, 3, 1, 2))
             bar.advance(len(t))
@@ -151,10 +152,30 @@ def _encode_pool(vae: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return torch.cat(means), torch.cat(stds)
 
 
+class EMA:
+    """Exponential moving average of parameters, decay ``min(decay, (1 + step) / (10 + step))`` (warm-up as in
+    diffusers' EMAModel); ``copy_to`` writes the averages into the parameters (what is saved)."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float) -> None:
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow, self.params, strict=True):
+            s.lerp_(p.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for p, s in zip(self.params, self.shadow, strict=True):
+            p.copy_(s)
+
+
 def _train_unet(
     unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, pool: tuple[list[str], torch.Tensor, torch.Tensor],
     scale: float, steps: int, batch_size: int, seed: int, log: Callable[[str], None],
-    budget: tuple[float, float],
+    budget: tuple[float, float], ema_decay: float = 0.0,
 ) -> dict[str, float]:
     texts, lat_mean, lat_std = pool
 
@@ -166,6 +187,7 @@ def _train_unet(
     g_post, g_noise, g_t, g_drop = (_gen(seed, p) for p in ("unet-posterior", "noise", "timesteps", "dropout"))
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=LR_UNET, weight_decay=1e-2, foreach=True)
+    ema = EMA(params, ema_decay) if ema_decay > 0 else None
     unet.train()
     text_encoder.train()
     alphas = scheduler.alphas_cumprod.float()
@@ -189,6 +211,8 @@ def _train_unet(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if ema is not None:
+                ema.update(step)
             last = loss.item()
             smoothed = last if step == 0 else 0.98 * smoothed + 0.02 * last
             bar.advance(1, loss=last, smoothed=smoothed)
@@ -199,6 +223,8 @@ def _train_unet(
                 eta_s = (time.time() - t_start) + (time.time() - t_loop) / 51 * (steps - 51)
                 if eta_s > minutes * 60:
                     log(f"warning: at this pace pretraining takes ~{eta_s / 60:.0f} min, over the {minutes} min budget")
+    if ema is not None:
+        ema.copy_to()
     unet.eval()
     text_encoder.eval()
     return {"unet_loss_last": last, "unet_loss_smoothed": smoothed}
@@ -213,6 +239,8 @@ def pretrain(
     steps_unet: int = STEPS_UNET,
     batch_size: int = BATCH_SIZE,
     num_threads: int = NUM_THREADS,
+    ema_decay: float = EMA_DECAY,
+    defect_prob: float = DEFECT_PROB,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Pretrain the toy backbone into ``out_dir`` (the layout ``load_toy_bundle`` reads).
@@ -236,7 +264,7 @@ def pretrain(
         unet, vae, text_encoder, tokenizer, scheduler = build_toy_components(seed)
         log(f"toy pretrain seed {seed}: unet {num_params(unet):,} vae {num_params(vae):,} "
             f"text encoder {num_params(text_encoder):,} params; rendering {n_pool} images")
-        texts, images = _make_pool(n_pool, seed)
+        texts, images = _make_pool(n_pool, seed, defect_prob)
         t_pool = time.time() - t0
         vae_stats = _train_vae(vae, images, steps_vae, batch_vae, seed, log)
         t_vae = time.time() - t0 - t_pool
@@ -248,7 +276,7 @@ def pretrain(
         log(f"vae latents: mean {float(z.mean()):.3f}, scaling_factor {vae.config.scaling_factor}")
         unet_stats = _train_unet(unet, text_encoder, tokenizer, scheduler, (texts, lat_mean, lat_std),
                                  float(vae.config.scaling_factor), steps_unet, batch_size, seed, log,
-                                 (t0, budget_minutes))
+                                 (t0, budget_minutes), ema_decay)
         out.mkdir(parents=True, exist_ok=True)
         unet.save_pretrained(out / "unet", safe_serialization=True)
         vae.save_pretrained(out / "vae", safe_serialization=True)
@@ -271,7 +299,8 @@ def pretrain(
         "min_snr_gamma": MIN_SNR_GAMMA,
         "kl_weight": KL_WEIGHT,
         "caption_dropout": CAPTION_DROPOUT,
-        "defect_prob": DEFECT_PROB,
+        "defect_prob": defect_prob,
+        "ema_decay": ema_decay,
         "num_threads": num_threads,
         "torch_version": torch.__version__,
         "scaling_factor": float(vae.config.scaling_factor),
@@ -295,9 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-unet", type=int, default=STEPS_UNET)
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--num-threads", type=int, default=NUM_THREADS)
+    ap.add_argument("--ema-decay", type=float, default=EMA_DECAY)
+    ap.add_argument("--defect-prob", type=float, default=DEFECT_PROB)
     a = ap.parse_args(argv)
     pretrain(a.out_dir, seed=a.seed, steps_vae=a.steps_vae, steps_unet=a.steps_unet, batch_size=a.batch_size,
-             num_threads=a.num_threads)
+             num_threads=a.num_threads, ema_decay=a.ema_decay, defect_prob=a.defect_prob)
 
 
 if __name__ == "__main__":
