@@ -185,6 +185,18 @@ def score_pairs(
     typer.echo(f"run: {score_pairs_run(req)}")
 
 
+@app.command("flip-pairs")
+def flip_pairs(
+    pairs: Path = typer.Option(..., "--pairs", help="Preference data (toy pairs or a Pick-a-Pic copy)"),
+    out: Path = typer.Option(..., "--out", help="Where the flipped copy goes"),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Negative control: copy preference data with every decided preference reversed (train on it with --pairs)."""
+    from lpo_bench.data.pairs import flip_preferences
+
+    typer.echo(f"flipped pairs: {flip_preferences(pairs, out, overwrite=overwrite)}")
+
+
 @app.command("eval")
 def eval_cmd(
     suite: list[str] = typer.Option(..., "--suite", help="Suite name, repeatable"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,12 @@ class Run:
         """(method, label, training seed) of the model an eval run evaluated ("base" for the backbone)."""
         spec = self.info.get("model_spec") or {}
         tr = spec.get("train_run") or {}
+        best = spec.get("best_of")
+        if isinstance(best, dict):  # a sampling control: its own row, named after what it selects with
+            inner_spec = {k: v for k, v in spec.items() if k != "best_of"}
+            inner = replace(self, info={**self.info, "model_spec": inner_spec}).model()
+            name = f"best-of-{best.get('n')} {best.get('metric')}"
+            return name, f"{name} of {inner[1]}", inner[2]
         if spec.get("kind") == "base":
             return "base", f"base ({self.backbone})", None
         if spec.get("kind") == "released":  # released:<name>, its own row in every table

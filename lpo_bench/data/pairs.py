@@ -163,3 +163,51 @@ def compute_gap_columns(
     s0 = {k: run(images_0, fn) for k, fn in scorers.items()}
     s1 = {k: run(images_1, fn) for k, fn in scorers.items()}
     return gap_columns(s0, s1, label_0)
+
+
+FLIPPED_MANIFEST = "flipped.json"
+
+
+def flip_preferences(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> Path:
+    """A negative control: a copy of the preference data in ``src`` with every decided preference reversed.
+
+    Each ``*.parquet`` file under ``src`` (any layout :mod:`lpo_bench.data.stream` reads) is written to the same
+    relative path under ``dst`` with ``label_0`` and ``label_1`` swapped and the MPCF ``*_gap`` columns (winner minus
+    loser) negated on decided pairs; ties, images and every other column are kept. Other files are copied, and
+    ``dst/flipped.json`` records the source and the sha256 of every source file. A method trained on ``dst``
+    learns the opposite preference, so it must land below the base model: a harness that cannot show that cannot
+    rank methods either.
+    """
+    import hashlib
+    import shutil
+
+    import pandas as pd
+
+    from lpo_bench import records
+
+    src, dst = Path(src), Path(dst)
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    if not any(p.suffix == ".parquet" for p in files):
+        raise HarnessError(f"no parquet files under {src}; pass a preference-data directory (e.g. toy pairs)")
+    if (dst / FLIPPED_MANIFEST).exists() and not overwrite:
+        raise HarnessError(f"{dst} already holds flipped pairs; pass --overwrite to rebuild them")
+    digests = {}
+    for p in files:
+        rel = p.relative_to(src)
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        digests[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.suffix != ".parquet":
+            shutil.copyfile(p, out)
+            continue
+        df = pd.read_parquet(p)
+        if not {"label_0", "label_1"} <= set(df.columns):
+            raise HarnessError(f"{p} has no label_0/label_1 columns; it is not Pick-a-Pic-style preference data")
+        decided = df["label_0"] != df["label_1"]
+        df["label_0"], df["label_1"] = df["label_1"].copy(), df["label_0"].copy()
+        for col in [c for c in df.columns if c.endswith("_gap")]:
+            df.loc[decided, col] = -df.loc[decided, col]
+        records.atomic_write_parquet(out, df)
+    records.atomic_write_json(dst / FLIPPED_MANIFEST, {"control": "flipped preferences", "source": str(src.resolve()),
+                                                       "source_sha256": digests})
+    return dst

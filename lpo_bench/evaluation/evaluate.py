@@ -53,12 +53,14 @@ def evaluate_items(
     metrics: SuiteMetrics,
     image_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    best_of: tuple[int, Any] | None = None,
 ) -> EvalOutput:
     """Generate ``images_per_prompt`` images per item, score them, aggregate (see module docstring).
 
     With ``image_dir`` every image is saved (and every category generated, even one whose metrics
     are unavailable, so it can be scored offline); without it only scorable categories are sampled.
     Progress (images generated and scored) goes to a ``lpo_bench.progress`` bar; ``log`` is unused.
+    ``best_of=(n, LoadedMetric)``: each image is the best of n candidates under that metric (:func:`best_of_images`).
     """
     import numpy as np
 
@@ -88,10 +90,17 @@ def evaluate_items(
             for start in range(0, len(jobs), batch_size):
                 chunk = jobs[start : start + batch_size]
                 prompts = [it.text for it, _ in chunk]
-                imgs = quantize_8bit(generate_images(
-                    bundle, prompts, seeds[start : start + batch_size], num_inference_steps=sp.num_inference_steps,
-                    guidance_scale=sp.guidance_scale, eta=sp.eta, batch_size=batch_size, unet=unet,
-                ))
+                def sample(sub_seeds: list[int], prompts: list[str] = prompts) -> Any:
+                    return quantize_8bit(generate_images(
+                        bundle, prompts, sub_seeds, num_inference_steps=sp.num_inference_steps,
+                        guidance_scale=sp.guidance_scale, eta=sp.eta, batch_size=batch_size, unet=unet))
+
+                if best_of is None:
+                    imgs = sample(seeds[start : start + batch_size])
+                else:
+                    imgs, chosen = best_of_images(sample, chunk, seeds[start : start + batch_size], prompts,
+                                                  suite.seed_base, *best_of)
+                    seeds[start : start + batch_size] = chosen
                 u8 = to_uint8(imgs) if out_dir is not None or suite.kind == "toy" else None
                 if out_dir is not None:
                     save_images(out_dir, chunk, u8, images_per_prompt)
@@ -121,6 +130,25 @@ def evaluate_items(
     rows = aggregate(per_sample, suite, items, images_per_prompt=images_per_prompt, batch_size=batch_size,
                      scorers=scorers, higher_is_better=hib)
     return EvalOutput(rows, per_sample, skipped, scorers, np.stack(grid) if grid else None, len(jobs))
+
+
+def best_of_images(sample: Callable[[list[int]], Any], jobs: list[tuple[PromptItem, int]], seeds: list[int],
+                   prompts: list[str], seed_base: int, n: int, selector: Any) -> tuple[Any, list[int]]:
+    """(images [b,3,H,W], the seed of each chosen image): per job the best of ``n`` candidates under ``selector``
+    (a LoadedMetric; ties keep the earlier candidate). Candidate 0 has the job's own seed; candidate j > 0 has
+    ``sample_seed(seed_base, "<prompt_id>/best-of/<j>", image_idx)``."""
+    import torch
+
+    from lpo_bench.diffusion.seeding import sample_seed
+
+    cand_seeds = [seeds] + [[sample_seed(seed_base, f"{it.prompt_id}/best-of/{j}", k) for it, k in jobs]
+                            for j in range(1, n)]
+    cands = [sample(s) for s in cand_seeds]
+    sign = 1.0 if selector.higher_is_better else -1.0
+    scores = torch.stack([sign * selector.scorer.score(c, prompts).float() for c in cands])  # [n, b]
+    best = torch.argmax(scores, dim=0)  # first maximum: the earlier candidate wins ties
+    imgs = torch.stack([cands[int(j)][i] for i, j in enumerate(best)])
+    return imgs, [cand_seeds[int(j)][i] for i, j in enumerate(best)]
 
 
 def _sample_row(it: PromptItem, k: int, seed: int, metric: str, score: float) -> dict[str, Any]:

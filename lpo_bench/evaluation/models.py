@@ -1,10 +1,15 @@
 """What ``lpo-bench eval --model`` names, resolved into a bundle: ``base:<backbone>``, a finished train run
 (its ``export/``), a LoRA directory, a fully fine-tuned UNet directory, or ``released:<name>`` (a released UNet
-of ``registry.RELEASED``, imported strictly from its official layout)."""
+of ``registry.RELEASED``, imported strictly from its official layout).
+
+``best-of-<N>:<metric>:<model>`` is a sampling control, not a model: each image is the best of N candidates of
+``<model>`` under ``<metric>`` (candidate 0 is the image ``<model>`` itself gives, so the control never scores
+below it on that metric). With the toy oracle it is the positive control of the toy world: what a method that
+learned the preference perfectly could at least reach at N times the sampling cost."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +32,15 @@ class ModelSpec:
     weights_sha256: str | None = None  # of the LoRA or UNet weights
     train_run: dict[str, Any] | None = None  # run.json of the train run
     released: dict[str, Any] | None = None  # provenance of a released UNet (lpo_bench.models.released)
+    best_of_n: int = 1  # > 1: each image is the best of this many candidates under best_of_metric
+    best_of_metric: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """What decides the model's outputs (hashed into the eval run id); paths are left out."""
-        return {"kind": self.kind, "backbone": self.backbone, "weights_sha256": self.weights_sha256}
+        ident = {"kind": self.kind, "backbone": self.backbone, "weights_sha256": self.weights_sha256}
+        if self.best_of_n > 1:
+            ident["best_of"] = {"n": self.best_of_n, "metric": self.best_of_metric}
+        return ident
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "backbone": self.backbone, "lora_path": self.lora_path,
@@ -41,6 +51,8 @@ class ModelSpec:
             d["train_run"] = {k: self.train_run.get(k) for k in TRAIN_RUN_FIELDS}
         if self.released is not None:
             d["released"] = self.released
+        if self.best_of_n > 1:
+            d["best_of"] = {"n": self.best_of_n, "metric": self.best_of_metric}
         return d
 
 
@@ -77,10 +89,30 @@ def _weights(kind: str, backbone: str, tag: str, path: Path, train_run: dict[str
     return ModelSpec(kind, backbone, tag, lora_path=str(path), weights_sha256=_lora_sha256(path), train_run=train_run)
 
 
+BEST_OF = "best-of-"
+
+
+def _best_of(model: str, backbone: str | None, weights_dir: str | Path | None) -> ModelSpec:
+    """``best-of-<N>:<metric>:<model>`` (see the module docstring)."""
+    n_text, _, rest = model[len(BEST_OF):].partition(":")
+    metric, _, inner = rest.partition(":")
+    if not n_text.isdigit() or int(n_text) < 2 or not metric or not inner:
+        raise HarnessError(f"--model {model!r}: write best-of-<N>:<metric>:<model> with N >= 2, "
+                           f"e.g. best-of-4:toy-oracle:base:toy")
+    registry.check_name("metric", metric)
+    spec = resolve_model(inner, backbone, weights_dir=weights_dir)
+    if spec.best_of_n > 1:
+        raise HarnessError(f"--model {model!r} nests best-of; use one best-of-<N> prefix")
+    return replace(spec, tag=f"best-of-{n_text}-{metric}-{spec.tag}", best_of_n=int(n_text), best_of_metric=metric)
+
+
 def resolve_model(model: str, backbone: str | None = None, *, weights_dir: str | Path | None = None) -> ModelSpec:
     """Parse ``--model``: ``base:<backbone>``, ``released:<name>`` (its files located in ``weights_dir`` and
-    hashed), a train run directory, or a LoRA / UNet path (needs ``backbone``)."""
+    hashed), a train run directory, a LoRA / UNet path (needs ``backbone``), or ``best-of-<N>:<metric>:<model>``."""
     from lpo_bench.models import released
+
+    if model.startswith(BEST_OF):
+        return _best_of(model, backbone, weights_dir)
 
     if released.is_released(model):
         r = released.resolve_released(model, kind=released.UNET, backbone=backbone, weights_dir=weights_dir)

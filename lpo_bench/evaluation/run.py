@@ -73,8 +73,13 @@ def eval_run(
         run.start(info, bundle_provenance=bundle.provenance, backbone=spec.backbone, base_extra={
             "method": str(tr.get("method", spec.kind)), "method_version": str(tr.get("method_version", "")),
             "config_hash": str(tr.get("config_hash", spec.weights_sha256 or "")), "seed": tr.get("seed")})
+        best_of = None
+        if spec.best_of_n > 1:
+            from lpo_bench.evaluation.loading import load_metric
+
+            best_of = (spec.best_of_n, load_metric(str(spec.best_of_metric), device=dev, weights_dir=weights_dir))
         out = evaluate_items(bundle, None, s, items, images_per_prompt=ipp, batch_size=batch_size, metrics=metrics,
-                             image_dir=run.dir / "images", log=log)
+                             image_dir=run.dir / "images", log=log, best_of=best_of)
         for sk in out.skipped:
             log(f"skipped {sk['category']} ({sk['metric']}): {sk['reason']}")
         for cat, why in skipped_sources.items():
