@@ -240,6 +240,9 @@ def step_accuracy(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="Pixel metric(s) scored on decoded inputs"),
     timesteps: str = typer.Option("1,101,201,301,401,501,601,701,801,901,951", "--timesteps"),
     max_pairs: int = typer.Option(256, "--max-pairs"),
+    shuffled_prompt_control: bool = typer.Option(
+        True, "--shuffled-prompt-control/--no-shuffled-prompt-control",
+        help="Also score each step reward model with another pair's prompt (about 0.5 if it reads the prompt)"),
     out_root: Optional[Path] = OUT_ROOT,
     overwrite: bool = OVERWRITE,
     weights_dir: Optional[Path] = WEIGHTS_DIR,
@@ -254,7 +257,7 @@ def step_accuracy(
         raise HarnessError(f"--timesteps {timesteps!r} must be comma-separated integers, e.g. 1,251,501") from None
     run_dir = step_accuracy_run(
         pairs_dir=pairs, backbone=backbone, reward_models=list(reward_model or []), metrics=list(metric or []),
-        timesteps=grid,
+        timesteps=grid, shuffled_prompt_control=shuffled_prompt_control,
         max_pairs=max_pairs, out_root=str(out_root) if out_root else None, overwrite=overwrite,
         weights_dir=str(weights_dir) if weights_dir else None, device=device,
     )

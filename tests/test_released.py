@@ -411,7 +411,7 @@ def test_train_and_step_accuracy_take_a_released_lrm(tiny_pairs, tmp_path, unpin
                            bundle=tiny_bundle("sd15", seed=0),  # the run above put LoRA layers into its bundle
                            out_root=tmp_path / "runs", log=lambda *_: None)
     meas = records.read_measurements(sa / "measurements.parquet")
-    assert set(meas["metric"]) == {"released:lrm-sd15"} and len(meas) == 2
+    assert set(meas["metric"]) == {"released:lrm-sd15", "released:lrm-sd15+shuffled-prompt"} and len(meas) == 4
     assert meas["scorer_checkpoint"].iloc[0] == "released:lrm-sd15=casiatao/LRM@unpinned"
     with pytest.raises(HarnessError, match="released:lrm-sd15 is a lrm, not a spm"):
         train_run(TrainRequest(method="spo", backbone="sd15", reward_model="released:lrm-sd15",

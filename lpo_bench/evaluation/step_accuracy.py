@@ -18,21 +18,35 @@ Views and their input modes:
   ``x̂0 = (x_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t)`` with CFG-guided ε̂ (guidance 5), decoded
   (``x0_pred_decoded``), and the decoded noisy latent itself (``noisy_decoded``).
 
-Outputs ``runs/step_accuracy/<run_id>/``: run.json (grid, num_train_timesteps, pairs sha256, models),
-measurements.parquet (kind "step_reward_acc": one row per (reward model, t, input mode) with
-accuracy, bootstrap CI over pairs and n), per_sample.parquet (s_w, s_l per pair), step_accuracy.png.
+Controls and subsets (:mod:`lpo_bench.evaluation.step_subsets`): each step reward model also scores the same
+x_t with another pair's prompt, as the view ``<name>+shuffled-prompt`` (``shuffled_prompt_control``); on pairs
+carrying the toy oracle's parts, accuracy is also reported on the alignment-decided and aesthetic-decided pairs.
+
+Outputs ``runs/step_accuracy/<run_id>/``: run.json (grid, num_train_timesteps, pairs sha256, models, subsets and
+their sizes, the shuffle rule), measurements.parquet (kind "step_reward_acc": one row per (category, reward model,
+t, input mode) with accuracy, bootstrap CI over pairs and n; category "all" and each subset), per_sample.parquet
+(per pair: s_w, s_l, acc, category, view_role, scored_prompt), step_accuracy.png (category "all").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lpo_bench import progress, records, registry
 from lpo_bench.analysis import stats
+from lpo_bench.analysis.step_accuracy import (
+    ALL,
+    ROLE_PIXEL_METRIC,
+    ROLE_REWARD_MODEL,
+    ROLE_SHUFFLED,
+    SHUFFLED_SUFFIX,
+)
 from lpo_bench.errors import HarnessError
+from lpo_bench.evaluation import step_subsets
+from lpo_bench.evaluation.step_subsets import accuracy_rows
 
 DEFAULT_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
 X0_GUIDANCE_SCALE = 5.0
@@ -46,7 +60,8 @@ class AccuracyView:
     """One scored view of a pair: ``fn`` under a name (the rows' ``metric``) and an input mode.
 
     ``needs`` says what ``fn`` receives: "latent" (``fn(x_t [b,c,h,w], t [b], prompts)``), "x0_image"
-    (decoded x̂0) or "xt_image" (decoded x_t), the images as ``fn(images [b,3,H,W], prompts)``.
+    (decoded x̂0) or "xt_image" (decoded x_t), the images as ``fn(images [b,3,H,W], prompts)``. ``role``: the
+    rows' ``view_role``; ``prompts``: "own" (the pair's prompt) or "shuffled" (another pair's, the control).
     """
 
     name: str
@@ -54,6 +69,8 @@ class AccuracyView:
     needs: str
     fn: Callable[..., Any]
     provenance: dict[str, Any]
+    role: str = ROLE_PIXEL_METRIC
+    prompts: str = "own"
 
 
 def pixel_views(name: str, adapter: Any, provenance: dict[str, Any]) -> list[AccuracyView]:
@@ -69,7 +86,14 @@ def reward_model_view(name: str, model: Any, provenance: dict[str, Any]) -> Accu
     if mode not in REWARD_MODEL_INPUT_MODES:
         raise HarnessError(f"step reward model {name} declares input_mode {mode!r}; the harness knows "
                            f"{', '.join(REWARD_MODEL_INPUT_MODES)}; fix the model class's input_mode")
-    return AccuracyView(name, mode, "latent", lambda x, t, prompts: model.score_noisy(x, t, prompts), provenance)
+    return AccuracyView(name, mode, "latent", lambda x, t, prompts: model.score_noisy(x, t, prompts), provenance,
+                        role=ROLE_REWARD_MODEL)
+
+
+def shuffled_prompt_view(view: AccuracyView) -> AccuracyView:
+    """The prompt-shuffled control of a step reward model's view: the same model, fed another pair's prompt."""
+    return replace(view, name=view.name + SHUFFLED_SUFFIX, role=ROLE_SHUFFLED, prompts="shuffled",
+                   provenance={**view.provenance, "control": "shuffled prompt", "control_of": view.name})
 
 
 def encode_mean(bundle: Any, images: Any) -> Any:
@@ -114,12 +138,15 @@ def score_pairs(
     timesteps: Sequence[int],
     *,
     pair_ids: Sequence[int] | None = None,
+    shuffled_prompts: Sequence[str] | None = None,
     batch_size: int = 32,
     guidance_scale: float = X0_GUIDANCE_SCALE,
 ) -> list[dict[str, Any]]:
-    """Per-pair scores: rows {pair_id, prompt, timestep, reward_model, input_mode, s_w, s_l, acc}.
+    """Per-pair scores: rows {pair_id, prompt, timestep, reward_model, input_mode, view_role, scored_prompt, s_w,
+    s_l, acc}.
 
-    images_w / images_l: [n,3,H,W] in [0,1]; pair_ids (default 0..n-1) seed the shared noise.
+    images_w / images_l: [n,3,H,W] in [0,1]; pair_ids (default 0..n-1) seed the shared noise; shuffled_prompts
+    (row-aligned with prompts): what views with ``prompts="shuffled"`` are given instead of the pair's prompt.
     """
     import torch
 
@@ -129,12 +156,15 @@ def score_pairs(
     if bad:
         raise HarnessError(f"timesteps {bad} are outside [0, {bundle.num_train_timesteps}); pick t on the training "
                            f"schedule, e.g. 1,251,501,751,951")
+    if shuffled_prompts is None and any(v.prompts == "shuffled" for v in views):
+        raise HarnessError("a prompt-shuffled view needs shuffled_prompts; pass one prompt per pair")
     rows: list[dict[str, Any]] = []
     n_batches = -(-n // batch_size)
     with progress.task("step accuracy", total=n_batches * len(timesteps) * len(views), unit="t x view") as bar:
         for s in range(0, n, batch_size):
             sl = slice(s, min(n, s + batch_size))
             ps, ids = list(prompts[sl]), pair_ids[sl]
+            other = list(shuffled_prompts[sl]) if shuffled_prompts is not None else ps
             z = {"w": encode_mean(bundle, images_w[sl]), "l": encode_mean(bundle, images_l[sl])}
             for t in timesteps:
                 t_vec = torch.full((len(ps),), int(t), dtype=torch.long, device=bundle.device)
@@ -149,17 +179,17 @@ def score_pairs(
                         x0 = x0_from_prompts(bundle, x_t, int(t), ps, guidance_scale)
                         inputs[side]["x0_image"] = _decode(bundle, x0)
                 for view in views:
-                    out = {}
+                    out, vp = {}, other if view.prompts == "shuffled" else ps
                     for side in ("w", "l"):
                         x = inputs[side][view.needs]
                         with torch.no_grad():
-                            out[side] = view.fn(x, t_vec, ps) if view.needs == "latent" else view.fn(x, ps)
+                            out[side] = view.fn(x, t_vec, vp) if view.needs == "latent" else view.fn(x, vp)
                         out[side] = torch.as_tensor(out[side]).detach().float().cpu().reshape(-1).tolist()
                     acc = stats.pairwise_accuracy(out["w"], out["l"])
                     for j in range(len(ps)):
                         rows.append({"pair_id": ids[j], "prompt": ps[j], "timestep": int(t), "reward_model": view.name,
-                                     "input_mode": view.input_mode, "s_w": out["w"][j], "s_l": out["l"][j],
-                                     "acc": float(acc[j])})
+                                     "input_mode": view.input_mode, "view_role": view.role, "scored_prompt": vp[j],
+                                     "s_w": out["w"][j], "s_l": out["l"][j], "acc": float(acc[j])})
                     bar.advance(1, t=int(t))
     return rows
 
@@ -171,33 +201,15 @@ def _decode(bundle: Any, latents: Any) -> Any:
         return bundle.decode(latents).float().cpu()
 
 
-def accuracy_rows(per_pair: list[dict[str, Any]], provenance: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Measurement rows (kind "step_reward_acc"): accuracy, bootstrap CI over pairs and n per
-    (reward model, timestep, input mode), in first-seen order of reward model and mode."""
-    import pandas as pd
-
-    if not per_pair:
-        return []
-    df = pd.DataFrame(per_pair)
-    rows = []
-    for (name, mode, t), g in df.groupby(["reward_model", "input_mode", "timestep"], sort=False):
-        value, lo, hi = stats.mean_ci(g["acc"].to_numpy())
-        prov = provenance.get(name, {})
-        rows.append({"kind": "step_reward_acc", "metric": name, "input_mode": mode, "timestep": int(t),
-                     "value": value, "ci_low": lo, "ci_high": hi, "n": int(len(g)), "higher_is_better": True,
-                     "metric_version": str(prov.get("metric_version", "")),
-                     "scorer_checkpoint": str(prov.get("checkpoint", "")), "scorer_sha256": str(prov.get("sha256", ""))})
-    return rows
-
-
 def plot_accuracy(measurements: Any, path: Path, title: str = "Step-level reward accuracy") -> Path:
-    """Accuracy vs t, one line per (reward model, input mode) with its CI band and the 0.5 chance line."""
+    """Accuracy vs t on all pairs, one line per (reward model, input mode) with its CI band and the chance line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     df = measurements[measurements["kind"] == "step_reward_acc"]
+    df = df[df["category"].astype(object).fillna(ALL) == ALL]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for (name, mode), g in df.groupby(["metric", "input_mode"], sort=False):
         g = g.sort_values("timestep")
@@ -310,10 +322,12 @@ def step_accuracy_run(
     weights_dir: str | Path | None = None,
     device: str | None = None,
     bundle: Any = None,
+    shuffled_prompt_control: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Measure step-level accuracy of saved step reward models and pixel metrics on held-out pairs; returns
-    the run dir. ``bundle``: the backbone's ModelBundle to use instead of loading the registered one."""
+    the run dir. ``bundle``: the backbone's ModelBundle to use instead of loading the registered one;
+    ``shuffled_prompt_control``: also score each step reward model with another pair's prompt."""
     import torch
 
     from lpo_bench.data.pairs import load_pairs
@@ -337,7 +351,7 @@ def step_accuracy_run(
     sel = list(range(n))
     identity = {"kind": "step_accuracy", "pairs_sha256": pairs.sha256, "n_pairs": n, "backbone": backbone,
                 "timesteps": grid, "reward_models": [{"kind": rm.spec.name, "sha256": rm.sha256} for rm in rms],
-                "metrics": list(metrics)}
+                "metrics": list(metrics), "shuffled_prompt_control": bool(shuffled_prompt_control)}
     dev = pick_device(device)
     with RunRecorder("step_accuracy", f"stepacc-{backbone}", identity, out_root=out_root,
                      overwrite=overwrite, resumable=False) as run:
@@ -349,6 +363,8 @@ def step_accuracy_run(
         if pairs.images_0.shape[1] != bundle.resolution:
             pairs = load_pairs(pairs_dir, "test", drop_ties=True, resolution=bundle.resolution)
         views = [load_reward_model_view(rm, bundle, dev) for rm in rms]
+        if shuffled_prompt_control:
+            views += [shuffled_prompt_view(v) for v in views]
         for m in metrics:
             lm = load_metric(m, device=dev, weights_dir=weights_dir)
             views += pixel_views(m, lm.scorer, lm.provenance.as_dict())
@@ -356,6 +372,10 @@ def step_accuracy_run(
         imgs0, imgs1 = pairs.images_tensor(0, sel), pairs.images_tensor(1, sel)
         images_w, images_l = torch.where(w_mask, imgs0, imgs1), torch.where(w_mask, imgs1, imgs0)
         provs = {v.name: v.provenance for v in views}
+        prompts = [pairs.captions[i] for i in sel]
+        subsets = step_subsets.pair_subsets(pairs.extra.iloc[sel])
+        shuffle = step_subsets.shuffled_prompt_index(prompts)
+        shuffled = [prompts[j] for j in shuffle]
         run.start({
             "backbone": backbone,
             "pairs": {"source": pairs.source, "split": "test", "sha256": pairs.sha256, "n_pairs": n,
@@ -365,11 +385,18 @@ def step_accuracy_run(
                      "x_t = scheduler.add_noise(vae posterior mean, eps, t)",
             "x0_prediction": {"guidance_scale": X0_GUIDANCE_SCALE, "negative_prompt": "", "unet": "base"},
             "reward_models": provs, "input_modes": sorted({f"{v.name}:{v.input_mode}" for v in views}),
+            "subsets": step_subsets.subset_summary(subsets, n),
+            "shuffled_prompt_control": {
+                "enabled": bool(shuffled_prompt_control), "suffix": SHUFFLED_SUFFIX, "rule": step_subsets.SHUFFLE_RULE,
+                "views": [v.name for v in views if v.role == ROLE_SHUFFLED],
+                "same_prompt_fraction": step_subsets.same_prompt_fraction(prompts, shuffle)},
         }, bundle_provenance=bundle.provenance, backbone=backbone,
             base_extra={"method": "step-accuracy", "inputs_sha256": pairs.sha256, "batch_size": batch_size})
         log(f"[step-accuracy] {n} pairs x {len(grid)} timesteps x {len(views)} views")
-        per_pair = score_pairs(bundle, [pairs.captions[i] for i in sel], images_w, images_l, views, grid,
-                               pair_ids=sel, batch_size=batch_size)
+        per_pair = score_pairs(bundle, prompts, images_w, images_l, views, grid, pair_ids=sel,
+                               shuffled_prompts=shuffled, batch_size=batch_size)
+        for r in per_pair:  # sel is 0..n-1: pair_id indexes the subsets
+            r["category"] = subsets[r["pair_id"]] if subsets is not None else None
         run.write_measurements(accuracy_rows(per_pair, provs))
         run.write_per_sample(per_pair)
         plot_accuracy(records.read_measurements(run.dir / "measurements.parquet"), run.dir / "step_accuracy.png",
