@@ -4,7 +4,8 @@ Layout::
 
     runs/<kind>/<run_id>/
       run.json              provenance + resolved config + status + ledger summary
-      ledger.jsonl          append-only phase rows
+      ledger.jsonl          append-only phase rows (seconds, work counts per phase)
+      flops.json            FLOPs of one call of each work counter (train and reward runs; lpo_bench.harness.flops)
       measurements.parquet  one row per measurement (MEASUREMENT_COLUMNS, schema_version)
       per_sample.parquet    one row per (sample, metric)
       DONE                  written last; a finished run is never overwritten without --overwrite

@@ -14,9 +14,11 @@ from helpers import write_pairs_dir  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _isolated_runs(tmp_path, monkeypatch):
-    """Every test writes runs under its own tmp dir and never touches ./runs."""
+    """Every test writes runs under its own tmp dir and never touches ./runs. Train runs skip the projected
+    (full SD1.5/SDXL) FLOP tables, about 10 s per process; tests/test_flops.py turns them back on."""
     monkeypatch.setenv("LPO_BENCH_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("LPO_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LPO_BENCH_PROJECTED_FLOPS", "0")
     yield
 
 

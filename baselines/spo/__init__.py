@@ -1,7 +1,7 @@
 """SPO (Liang et al., CVPR 2025, arXiv 2406.04314): the step-aware preference model (``spm``: a time-conditioned
 CLIP preference model, trained by ``spm_train``) and step-wise preference optimisation (``method``, config
-``config``); ``bench`` holds its part of one sampling step. Presets: ``configs/<backbone>.toml`` (SPO) and
-``configs/spm_<backbone>.toml`` (the SPM stage).
+``config``); ``bench`` holds its part of one sampling step, ``flops`` the SPM's FLOP probes. Presets:
+``configs/<backbone>.toml`` (SPO) and ``configs/spm_<backbone>.toml`` (the SPM stage).
 """
 
 from lpo_bench.harness.spec import MethodSpec, StepRewardModelSpec
@@ -30,5 +30,6 @@ SPM_SPEC = StepRewardModelSpec(
     config="lpo_bench.baselines.spo.spm_config:SPMConfig",
     marker_file="spm_config.json",
     random_model="lpo_bench.baselines.spo.bench:random_spm",
+    flop_probes="lpo_bench.baselines.spo.flops:flop_probes",
     summary="Step-aware preference model: a time-conditioned CLIP scoring decoded x0 predictions",
 )

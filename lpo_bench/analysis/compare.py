@@ -12,9 +12,12 @@ Definitions (printed in every report, "How to read this"):
 * Cost: GPU-hours = ledger seconds x devices allocated / 3600, per phase. Counted = PREP + SAMPLE +
   SCORE + UPDATE; reward-model training (RM_TRAIN) is shown separately, and totals are given both
   excluding and including it. Train runs are grouped by (backbone, method); seeds give the median
-  and min-max (``stats.median_range``).
+  and min-max (``stats.median_range``). FLOPs (``analysis.flop_cost``): the ledger's work counts per phase
+  priced with per-call FLOPs measured on each run's own models (``flops.json``), machine-independent; projected
+  FLOPs price the same counts at the full SD1.5 and SDXL architectures.
 * Reference method R: the method whose train runs have ``method_role == "proposed"``. R's speed-up over
-  method M = cost(M) / cost(R) (``stats.speedup``) on the medians: above 1 means R was cheaper.
+  method M = cost(M) / cost(R) (``stats.speedup``) on the medians: above 1 means R was cheaper; given in FLOPs,
+  GPU-hours and projected FLOPs.
 * Time-to-target: the first counted GPU-hour at which a training-time evaluation reaches the target
   (``stats.time_to_target``); median over seeds (``stats.median_time_to_target``), a miss counts as
   never. Default target (no ``--target``), per backbone and evaluation suite, on the suite's first
@@ -59,6 +62,10 @@ def _how_to_read(runs: list[Run], reference: str | None, published: Any) -> list
         "GPU-hours = ledger wall seconds × devices allocated ÷ 3600 (allocated device time, not utilisation). "
         "Counted = PREP + SAMPLE + SCORE + UPDATE; SETUP, EVAL and CHECKPOINT are off the clock. Reward-model "
         "training (RM_TRAIN) is shown separately and every total is given excluding and including it.",
+        "FLOPs = each phase's work counts (samples through the UNet, VAE, text encoder, reward model) × the FLOPs of "
+        "one such call, measured once per run on its own models with torch's FLOP counter: machine-independent, "
+        "so the headline on a CPU or a shared machine. Projected FLOPs price the same counts at the full SD1.5 and "
+        "SDXL architectures: what the same amount of work would cost at the paper's scale, not a measurement.",
         f"Speed-up of {ref} (the method whose runs are marked proposed) over a method = that method's GPU-hours ÷ "
         f"{ref}'s (medians over seeds): above 1 means {ref} was cheaper. With few seeds, read the min–max "
         "ranges before the ratio.",
@@ -202,7 +209,7 @@ def compare(runs: Sequence[str | Path], out: str | Path, *, target: str | None =
     records.atomic_write_bytes(out / "report.html", page.encode())
     report = {"command": command, "date_utc": date, "git_commits": commits, "report_git_commit": here,
               "devices": devices, "mixed_hardware": mixed, "published_source": published.citation,
-              "notes": notes, "conventions": "GPU-hours; 'inf' = never reached; null = not available",
+              "notes": notes, "conventions": "GPU-hours; FLOPs (counted, projected); 'inf' = never reached; null = not available",
               "runs": run_rows, **headline}
     records.atomic_write_bytes(out / "report.json", (json.dumps(jsonable(report), indent=2) + "\n").encode())
     return out / "report.md"

@@ -182,7 +182,11 @@ def _cost_answer(bb: str, methods: dict[str, dict[str, Any]], reference: str | N
     if reference in methods and others:
         sps = ", ".join(f"{m} {fmt_speedup(methods[m]['speedup_excl_rm'], reference)} / "
                         f"{fmt_speedup(methods[m]['speedup_incl_rm'], reference)}" for m in others)
-        text += f" Speed-up of {reference} (method's GPU-h ÷ {reference}'s, excl. / incl. RM): {sps}."
+        gpu = f" Speed-up of {reference} (method's GPU-h ÷ {reference}'s, excl. / incl. RM): {sps}."
+        flop = _flop_speedups(methods, others, reference)
+        on_cpu = all(h.get("on_cpu") for h in methods.values())
+        text += (flop + gpu.replace(" Speed-up of", " In GPU-hours (CPU wall time), speed-up of")) if flop and on_cpu \
+            else gpu + flop
     ns = [h["n_seeds"] for h in methods.values()]
     if max(ns) == 1:
         text += " 1 training seed per method, so the spread over seeds is not measured."
@@ -193,6 +197,16 @@ def _cost_answer(bb: str, methods: dict[str, dict[str, Any]], reference: str | N
         text += (f" {_seeds(ns, 'training')}; the two cheapest's min–max ranges excl. RM ({order[0]} "
                  f"{fmt(a['min'])}–{fmt(a['max'])}, {order[1]} {fmt(b['min'])}–{fmt(b['max'])}) {rel}.")
     return text
+
+
+def _flop_speedups(methods: dict[str, dict[str, Any]], others: list[str], reference: str) -> str:
+    """The reference's speed-up in counted FLOPs (machine-independent), as a sentence; "" without FLOP records."""
+    sp = {m: (methods[m].get("speedup_flops_excl_rm", math.nan), methods[m].get("speedup_flops_incl_rm", math.nan))
+          for m in others}
+    if all(math.isnan(a) for a, _ in sp.values()):
+        return ""
+    listing = ", ".join(f"{m} {fmt_speedup(a, reference)} / {fmt_speedup(b, reference)}" for m, (a, b) in sp.items())
+    return f" Speed-up of {reference} in FLOPs (method's counted FLOPs ÷ {reference}'s, excl. / incl. RM): {listing}."
 
 
 def _ttt_answer(target: dict[str, Any], rows: list[dict[str, Any]], reference: str | None) -> str:
@@ -250,7 +264,12 @@ def _row(bb: str, m: str, cols: list[Column], cost: dict[str, Any], ttt: list[di
     if cost:
         disp["GPU-h excl. RM"] = fmt_range(ex["median"], ex["min"], ex["max"])
         disp["GPU-h incl. RM"] = fmt_range(inc["median"], inc["min"], inc["max"])
+    fsp = (h.get("speedup_flops_excl_rm", math.nan), h.get("speedup_flops_incl_rm", math.nan)) if h else (math.nan,) * 2
+    row.update({"speedup_flops_excl_rm": fsp[0], "speedup_flops_incl_rm": fsp[1]})
     if cost and reference is not None:
+        if any(not math.isnan(x.get("speedup_flops_excl_rm", math.nan)) for ms in cost.values() for x in ms.values()):
+            disp[f"speed-up of {reference} in FLOPs (excl. / incl. RM)"] = (f"{fmt_speedup(fsp[0], reference)} / "
+                                                                            f"{fmt_speedup(fsp[1], reference)}")
         disp[f"speed-up of {reference} (excl. / incl. RM)"] = (f"{fmt_speedup(sp[0], reference)} / "
                                                                f"{fmt_speedup(sp[1], reference)}")
     for tg in targets:

@@ -9,13 +9,15 @@ full SD1.5 and SDXL architectures ("projected"), and writes them to ``flops.json
      "policy": {"params": N, "trainable_params": n, "mode": "adapter" | "full" | null},
      "measured": {"label": "...", "resolution": 32, "flops_per_call": {counter: FLOPs}, "how": {counter: text},
                   "unpriced": {counter: why}},
-     "projected": {"sd15": {...same keys...}, "sdxl": {...}}}
+     "projected": {"sd15": {...same keys...}, "sdxl": {...}},
+     "projected_skipped": ""}   # why "projected" is empty, when it is (LPO_BENCH_PROJECTED_FLOPS=0)
 
 Pricing (:func:`price`): FLOPs(phase) = devices x sum over counters of count(phase, counter) x FLOPs per call
 (under DDP each process counts its own share, and rank 0's counts stand for every rank's). Counted = PREP +
 SAMPLE + SCORE + UPDATE; RM = RM_TRAIN (amortised, shown separately, as GPU-hours). A counter with counts but no
-FLOPs per call is *unpriced*: it adds nothing to the FLOPs and is listed (``unpriced_counts``), never a silent 0.
-Counts that no phase claimed (rows of ledgers older than per-phase counts) make the headline unknown (nan).
+FLOPs per call is *unpriced*: it is listed (``unpriced_counts``) and makes the FLOPs of its phase, and of the
+totals that include it, unknown (nan) rather than an undercount; so do counts that no phase claimed (rows of
+ledgers older than per-phase counts).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lpo_bench.ledger import AMORTISED, COUNTED, UNKNOWN_PHASE
 FLOPS_FILE = "flops.json"
 FLOPS_FORMAT = 1
 PROJECTED_ARCHITECTURES = ("sd15", "sdxl")
+PROJECTED_ENV = "LPO_BENCH_PROJECTED_FLOPS"  # "0": skip the projection (about 10 s per process on a CPU)
 COUNTED_PHASES = tuple(p.value for p in COUNTED)
 RM_PHASES = tuple(p.value for p in AMORTISED)
 HEADLINE_PHASES = COUNTED_PHASES + RM_PHASES
@@ -81,25 +84,27 @@ class FlopRecord:
     measured: FlopTable
     projected: dict[str, FlopTable]
     policy: dict[str, Any] = field(default_factory=dict)
+    projected_skipped: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": FLOPS_FORMAT, "torch": self.torch, "counter": self.counter, "devices": self.devices,
                 "policy": dict(self.policy), "measured": self.measured.as_dict(),
-                "projected": {a: t.as_dict() for a, t in self.projected.items()}}
+                "projected": {a: t.as_dict() for a, t in self.projected.items()},
+                "projected_skipped": self.projected_skipped}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FlopRecord:
         return cls(torch=str(d.get("torch", "")), counter=str(d.get("counter", "")), devices=int(d.get("devices", 1)),
                    measured=FlopTable.from_dict(d["measured"]),
                    projected={a: FlopTable.from_dict(t) for a, t in (d.get("projected") or {}).items()},
-                   policy=dict(d.get("policy") or {}))
+                   policy=dict(d.get("policy") or {}), projected_skipped=str(d.get("projected_skipped", "")))
 
 
 @dataclass(frozen=True)
 class PricedFlops:
     """A ledger's counts priced with one :class:`FlopTable`. FLOPs per phase (``by_phase``, every phase with
     counts), ``counted`` (PREP + SAMPLE + SCORE + UPDATE) and ``rm`` (RM_TRAIN); ``unpriced_counts``: {counter:
-    samples} counted in those phases with no FLOPs per call (not in the FLOPs)."""
+    samples} counted in those phases with no FLOPs per call (their phase's FLOPs are nan)."""
 
     by_phase: dict[str, float]
     counted: float
@@ -120,14 +125,15 @@ def price(counts_by_phase: CountsByPhase, table: FlopTable, devices: int = 1) ->
         for name, n in counts.items():
             per_call = table.flops_per_call.get(name)
             if per_call is None:
+                total = math.nan
                 if phase in HEADLINE_PHASES or phase == UNKNOWN_PHASE:
                     unpriced[name] = unpriced.get(name, 0.0) + float(n)
                 continue
             total += float(n) * per_call
         by_phase[phase] = total * devices
-    unknown = bool(counts_by_phase.get(UNKNOWN_PHASE))
-    counted = math.nan if unknown else sum(by_phase.get(p, 0.0) for p in COUNTED_PHASES)
-    rm = math.nan if unknown else sum(by_phase.get(p, 0.0) for p in RM_PHASES)
+    unknown = math.nan if counts_by_phase.get(UNKNOWN_PHASE) else 0.0  # nan propagates into both sums
+    counted = unknown + sum(by_phase.get(p, 0.0) for p in COUNTED_PHASES)
+    rm = unknown + sum(by_phase.get(p, 0.0) for p in RM_PHASES)
     return PricedFlops(by_phase, counted, rm, unpriced)
 
 

@@ -3,7 +3,8 @@
 The same lifecycle (:class:`RunRecorder`) and loop (:func:`run_loop`, all time RM_TRAIN) as a policy run, so it
 has the same accelerator handling, CUDA-synced ledger, finite-loss check, checkpoints, ``--resume`` and memory
 options (``--precision``, ``--grad-ckpt``: ``lpo_bench.harness.precision``). The model
-is written to ``<run>/model``; pass that directory to ``train --reward-model``.
+is written to ``<run>/model``; pass that directory to ``train --reward-model``. ``flops.json`` prices its ledger's
+counters (``lpo_bench.harness.flop_probes``), measured at SETUP on a model built as the trainer builds it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from lpo_bench import records, registry
 from lpo_bench.config import config_dict
 from lpo_bench.errors import HarnessError
-from lpo_bench.harness import reward_stage
+from lpo_bench.harness import flops, reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256
 from lpo_bench.harness.loop import (
@@ -49,6 +50,7 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
                      log: Any = print, default_pairs: Callable[..., Path] = default_toy_pairs) -> Path:
     """Train step reward model ``req.kind`` on ``req.pairs``; returns the run directory. On the toy backbone
     without ``--pairs``: on ``default_pairs(runs_root, log=log)``, the demo's pairs (built the first time)."""
+    from lpo_bench.harness import flop_probes
     from lpo_bench.models.load import load_bundle
 
     stage = registry.reward_model_spec(registry.check_name("step-reward-model", req.kind))
@@ -80,6 +82,8 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
                 bundle = load_bundle(req.backbone, weights_dir=req.weights_dir, device=dist.device(device))
             if req.gradient_checkpointing:
                 enable_gradient_checkpointing(bundle)
+            flop_record = flop_probes.record_run(  # the model's counters on one built as the trainer builds it
+                run.dir, bundle, is_main=dist.is_main, log=log, stage=stage, stage_cfg=cfg, devices=dist.world_size)
         precision = Precision(req.precision, dist.device(device))
         ctx = TrainContext(bundle=bundle, cfg=cfg, seed=req.seed, ledger=ledger, run_dir=run.dir, inputs=inputs,
                            prompts=_NoPrompts(), dist=dist,
@@ -120,9 +124,14 @@ def train_reward_run(req: RewardRequest, *, bundle: Any = None, clock: Any = tim
         if not dist.is_main:
             return run.dir
         wall_s, residual, summary = close_session(ledger, wall_start)
+        if flop_record is not None:
+            summary["flops"] = flops.summary(summary["counts_by_phase"], flop_record)
         cost = [{"kind": "train_cost", "metric": "gpu_h_rm", "value": summary["gpu_h_rm"],
                  "gpu_h_rm": summary["gpu_h_rm"], "wall_s_total": wall_s, "train_step": result.step,
                  "higher_is_better": False}]
+        if "flops" in summary:
+            cost += [{**r, "gpu_h_rm": summary["gpu_h_rm"], "wall_s_total": wall_s, "train_step": result.step,
+                      "higher_is_better": False} for r in flops.cost_rows(summary["flops"])]
         run.write_measurements(rows + cost)
         run.finish(updates=result.step, ledger=summary, ledger_identity_residual=residual, wall_s=wall_s)
     log(f"reward model saved to {run.dir / 'model'}")

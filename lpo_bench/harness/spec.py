@@ -63,11 +63,12 @@ class StepRewardModelSpec:
     ``marker_file``: the file that identifies a saved model directory of this kind.
     ``random_model``: ``"module:fn"``, ``fn(bundle, *, full_size, seed) -> model`` with random weights, for
     ``bench`` (costs do not depend on the weights).
-    ``flop_probes``: ``"module:fn"``, ``fn(bundle, *, model_dir, cfg, full_size) -> iterable of FlopProbe``: the
-    work behind the model's ledger counters (``reward_fwd``, ``reward_fwdbwd``, ...) for pricing them in FLOPs
+    ``flop_probes``: ``"module:fn"``, ``fn(bundle, *, model_dir, cfg, full_size, device) -> iterable of FlopProbe``:
+    the work behind the model's ledger counters (``reward_fwd``, ``reward_fwdbwd``, ...) for pricing them in FLOPs
     (``lpo_bench.harness.flops``). ``model_dir``: the run's trained model (None: random weights at ``bundle``'s
     size, the released models' size when ``full_size``); ``cfg``: the trainer config (which parts train; None:
-    its defaults). None: those counters stay unpriced.
+    its defaults); ``device``: where the model is built or loaded ("meta": shapes only; None: the bundle's). None:
+    those counters stay unpriced.
     """
 
     name: str
@@ -87,8 +88,9 @@ class FlopProbe:
     for measuring its FLOPs per call (``lpo_bench.harness.flops``).
 
     ``call()`` does that work once, as the run does it (a ``*_fwdbwd`` counter runs the backward too);
-    ``how``: what it runs, in words; ``net_of``: {other counter: calls}: work inside ``call`` that the run
-    counts under those counters too, subtracted (per sample) so that no work is priced twice.
+    ``how``: what it runs, in words; ``net_of``: {other counter: its calls per sample of this one}: work inside
+    ``call`` that the run also counts under those counters, subtracted so that no work is priced twice (FLOPs per
+    call = FLOPs of ``call`` / ``samples`` - sum of calls x the other counter's FLOPs per call).
     """
 
     counter: str

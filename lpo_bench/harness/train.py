@@ -9,7 +9,10 @@ Memory options (``lpo_bench.harness.precision``): ``--grad-ckpt`` is applied to 
 stage; ``--precision bf16|fp16`` autocasts the updates and evaluations and, after the method's setup, casts the
 bundle's frozen weights; the estimated peak memory (``lpo_bench.harness.memory``) is printed and recorded in
 ``run.json`` before the first update.
-At the end the ledger identity (phases + paused = wall within 1%) is checked and stored.
+At the end the ledger identity (phases + paused = wall within 1%) is checked and stored. FLOPs: after the method's
+setup (SETUP, off the clock) the per-call FLOPs of the ledger's counters are measured on the run's models and
+written to ``flops.json`` (``lpo_bench.harness.flop_probes``); the end-of-run summary prices the counts
+(``lpo_bench.harness.flops``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from lpo_bench import records, registry
 from lpo_bench.config import config_dict, load_target_config
 from lpo_bench.errors import HarnessError
-from lpo_bench.harness import memory, reward_stage
+from lpo_bench.harness import flops, memory, reward_stage
 from lpo_bench.harness.dist import make_dist, pick_device, seed_everything
 from lpo_bench.harness.identity import data_manifest_sha256, dir_sha256
 from lpo_bench.harness.loop import (
@@ -137,6 +140,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
     """Train ``req.method``; returns the run directory. ``bundle`` / ``prompts`` replace the registered
     backbone's model and training prompts (tests pass tiny seeded ones in)."""
     from lpo_bench.data.prompts import BackbonePrompts
+    from lpo_bench.harness import flop_probes
     from lpo_bench.models.load import load_bundle
 
     prompts = prompts or BackbonePrompts(req.backbone, Path(req.data_dir) if req.data_dir else None)
@@ -164,6 +168,9 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             rm_rows, rm_source = _reward_model(ctx, plan)
             method = plan.method_cls()
             method.setup(ctx)
+            flop_record = flop_probes.record_run(  # per-call FLOPs of the ledger's counters, before any cast
+                run.dir, bundle, is_main=dist.is_main, log=log, policy=method.policy_unet(), stage=plan.stage,
+                stage_cfg=plan.stage_cfg, model_dir=ctx.reward_model_dir, devices=dist.world_size)
             exact = bool(getattr(method, "fp32_log_ratio", False))  # its loss passes stay fp32 (precision.py)
             precision.cast_frozen_bundle(bundle, keep_unet=exact)
             estimate = memory.estimate(bundle, method, plan.cfg, precision="fp32" if exact else req.precision,
@@ -203,6 +210,8 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
         # Identity per session: a resumed run's earlier sessions were checked when they ran. Paused time is
         # the ledger's own row writes; everything else happens inside a phase.
         wall_s, residual, summary = close_session(ledger, wall_start)
+        if flop_record is not None:
+            summary["flops"] = flops.summary(summary["counts_by_phase"], flop_record)
         run.write_measurements(_cost_rows(summary, result.step, wall_s))
         run.finish(updates=result.step, ledger=summary, ledger_identity_residual=residual, wall_s=wall_s)
     return run.dir
@@ -247,6 +256,8 @@ def _cost_rows(summary: dict[str, Any], step: int, wall_s: float) -> list[dict[s
             for m in ("gpu_h_counted", "gpu_h_rm", "gpu_h_total_incl_rm")]
     rows.append({"kind": "train_cost", "metric": "updates", "value": float(step)})
     rows += [{"kind": "train_cost", "metric": f"seconds_{p}", "value": s} for p, s in summary["seconds_by_phase"].items()]
+    if "flops" in summary:
+        rows += flops.cost_rows(summary["flops"])
     for r in rows:
         r.update(gpu_h_counted=summary["gpu_h_counted"], gpu_h_rm=summary["gpu_h_rm"], wall_s_total=wall_s,
                  train_step=step, higher_is_better=False)

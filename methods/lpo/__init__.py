@@ -1,6 +1,7 @@
 """LPO (arXiv 2502.01051): the Latent Reward Model (``lrm``, trained by ``lrm_train`` on MPCF-filtered pairs,
 ``mpcf``) and Latent Preference Optimization (``method``, config ``config``); ``bench`` holds its part of one
-sampling step. Presets: ``configs/<backbone>.toml`` (LPO) and ``configs/lrm_<backbone>.toml`` (the LRM stage).
+sampling step, ``flops`` the LRM's FLOP probes. Presets: ``configs/<backbone>.toml`` (LPO) and
+``configs/lrm_<backbone>.toml`` (the LRM stage).
 """
 
 from lpo_bench.harness.spec import MethodSpec, StepRewardModelSpec
@@ -29,6 +30,7 @@ LRM_SPEC = StepRewardModelSpec(
     config="lpo_bench.methods.lpo.lrm_config:LRMConfig",
     marker_file="lrm_config.json",
     random_model="lpo_bench.methods.lpo.bench:random_lrm",
+    flop_probes="lpo_bench.methods.lpo.flops:flop_probes",
     summary="Latent Reward Model: the backbone's own denoiser scoring noisy latents x_t at any t",
     inputs=frozenset({"pairs", "pair_scores"}),  # pair_scores: MPCF's gap columns for data that lacks them
 )
