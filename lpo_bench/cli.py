@@ -84,6 +84,9 @@ def train(
     budget_gpu_h: Optional[float] = typer.Option(None, "--budget-gpu-h", help="Stop after this many counted GPU-hours"),
     eval_suite: Optional[str] = typer.Option(None, "--eval-suite", help="Validation suite evaluated during training"),
     eval_every_gpu_s: Optional[float] = typer.Option(None, "--eval-every-gpu-s", help="Eval cadence in counted GPU-seconds"),
+    budget_flops: Optional[float] = typer.Option(None, "--budget-flops", help="Stop after this many counted FLOPs"),
+    eval_every_flops: Optional[float] = typer.Option(
+        None, "--eval-every-flops", help="Eval cadence in counted FLOPs (learning curves on a machine-independent axis)"),
     eval_prompts: int = typer.Option(64, "--eval-prompts", help="Validation prompts per evaluation"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", help="Checkpoint every N updates"),
     rm_set: Optional[list[str]] = typer.Option(None, "--rm-set", help="Override a reward-model stage config key"),
@@ -112,7 +115,8 @@ def train(
         overrides=config_mod.parse_set(set_), reward_stage_overrides=config_mod.parse_set(rm_set),
         pairs=_str(pairs), reward_model=_str(reward_model), out_root=_str(out_root), run_id=run_id,
         overwrite=overwrite, resume=resume, budget_gpu_h=budget_gpu_h, eval_suite=eval_suite,
-        eval_every_gpu_s=eval_every_gpu_s, eval_prompts=eval_prompts, checkpoint_every_updates=checkpoint_every,
+        eval_every_gpu_s=eval_every_gpu_s, eval_prompts=eval_prompts, budget_flops=budget_flops,
+        eval_every_flops=eval_every_flops, checkpoint_every_updates=checkpoint_every,
         weights_dir=_str(weights_dir), data_dir=_str(data_dir), device=device, precision=precision,
         gradient_checkpointing=grad_ckpt, pair_scores=_str(pair_scores),
     )

@@ -67,6 +67,7 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
     "input_mode": "str",
     "train_step": "int",
     "gpu_h_at_measurement": "float",
+    "flops_at_measurement": "float",  # counted FLOPs of the run when an in-training evaluation was taken
     "gpu_h_counted": "float",
     "gpu_h_rm": "float",
     "wall_s_total": "float",

@@ -186,22 +186,29 @@ def plot_cost(path: Path, labels: list[str], stacks: dict[str, list[float]], mix
 
 
 def plot_curves(path: Path, curves: list[dict[str, Any]], target: float, target_label: str, ylabel: str, title: str,
-                mixed: bool) -> None:
-    """Metric against counted GPU-hours: ``curves`` = [{method, x, y, reached: (x, y) | None}], one per seed."""
+                mixed: bool, xlabel: str = "counted GPU-hours (excl. reward-model training)") -> None:
+    """Metric against cost: ``curves`` = [{method, x, y, reached: (x, y) | None}], one per seed. Each seed is a thin
+    line; with several seeds a method also gets its seed band (min-max over seeds at each evaluation index, at the
+    seeds' mean cost) and the mean line."""
+    import numpy as np
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     cmap = plt.get_cmap("tab10")
     colors = {m: cmap(i % 10) for i, m in enumerate(sorted({c["method"] for c in curves}))}
-    labelled: set[str] = set()
-    for c in curves:
-        col = colors[c["method"]]
-        ax.plot(c["x"], c["y"], marker="o", ms=3, color=col, alpha=0.85,
-                label=None if c["method"] in labelled else c["method"])
-        labelled.add(c["method"])
-        if c["reached"] is not None:
-            ax.plot(*[[v] for v in c["reached"]], marker="*", ms=11, color=col)
+    for method, col in colors.items():
+        mine = [c for c in curves if c["method"] == method]
+        for c in mine:
+            ax.plot(c["x"], c["y"], marker="o", ms=2, lw=0.8, color=col, alpha=0.5)
+            if c["reached"] is not None:
+                ax.plot(*[[v] for v in c["reached"]], marker="*", ms=11, color=col)
+        n = min(len(c["x"]) for c in mine)
+        xs, ys = np.array([c["x"][:n] for c in mine], float), np.array([c["y"][:n] for c in mine], float)
+        ax.plot(xs.mean(0), ys.mean(0), lw=2, color=col, label=f"{method} ({len(mine)} seed{'s' * (len(mine) > 1)})")
+        if len(mine) > 1:
+            ax.fill_between(xs.mean(0), ys.min(0), ys.max(0), color=col, alpha=0.15)
     ax.axhline(target, ls="--", color="black", lw=1, label=target_label)
-    ax.set_xlabel("counted GPU-hours (excl. reward-model training)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     _finish(fig, path, title, mixed)

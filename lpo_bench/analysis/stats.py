@@ -143,6 +143,15 @@ def geometric_mean(values: Sequence[float]) -> float:
     return float(np.exp(np.log(x).mean()))
 
 
+def plateau(ci_lows: Sequence[float], ci_highs: Sequence[float]) -> bool:
+    """True when the intervals (e.g. a learning curve's last three evaluations) share a common point: every
+    pair overlaps, max(lows) <= min(highs). False for fewer than two or any non-finite bound."""
+    lo, hi = np.asarray(ci_lows, dtype=np.float64), np.asarray(ci_highs, dtype=np.float64)
+    if lo.size < 2 or lo.shape != hi.shape or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return False
+    return bool(lo.max() <= hi.min())
+
+
 def excludes(ci_low: float, ci_high: float, value: float = 0.0) -> bool:
     """True when the interval [ci_low, ci_high] lies wholly on one side of ``value`` (nan: False)."""
     return bool(ci_low > value or ci_high < value)

@@ -73,11 +73,15 @@ def training_curves(train_runs: list[Run]) -> Any:
             "category": ev["category"].fillna("all").astype(str).to_numpy(),
             "train_step": pd.to_numeric(ev["train_step"], errors="coerce").to_numpy(dtype=float),
             "gpu_h": pd.to_numeric(ev["gpu_h_at_measurement"], errors="coerce").to_numpy(dtype=float),
+            "flops": pd.to_numeric(ev.get("flops_at_measurement", pd.Series(math.nan, index=ev.index)),
+                                   errors="coerce").to_numpy(dtype=float),
             "value": pd.to_numeric(ev["value"], errors="coerce").to_numpy(dtype=float),
+            "ci_low": pd.to_numeric(ev["ci_low"], errors="coerce").to_numpy(dtype=float),
+            "ci_high": pd.to_numeric(ev["ci_high"], errors="coerce").to_numpy(dtype=float),
             "higher_is_better": ev["higher_is_better"].fillna(True).astype(bool).to_numpy(),
         }))
-    cols = ["run_id", "backbone", "method", "seed", "suite", "metric", "category", "train_step", "gpu_h", "value",
-            "higher_is_better"]
+    cols = ["run_id", "backbone", "method", "seed", "suite", "metric", "category", "train_step", "gpu_h", "flops",
+            "value", "ci_low", "ci_high", "higher_is_better"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
 
@@ -148,38 +152,53 @@ def ttt_section(curves: Any, targets: list[Target], rm_gpu_h: dict[str, float], 
         if tg.backbone is not None:
             g = g[g["backbone"] == tg.backbone]
         per_method: dict[tuple[str, str], dict[str, list[float]]] = {}
-        lines = []
+        lines: list[dict[str, Any]] = []
+        flop_lines: list[dict[str, Any]] = []
         for run_id, gr in g.groupby("run_id", sort=True):
             rm = rm_gpu_h.get(run_id, math.nan)
             t_ex = stats.time_to_target(gr["gpu_h"], gr["value"], tg.value, higher_is_better=tg.higher_is_better)
             t_in = (math.nan if math.isnan(rm) else  # an RM of unknown cost: no total
                     stats.time_to_target(gr["gpu_h"] + rm, gr["value"], tg.value, higher_is_better=tg.higher_is_better))
+            f_ex = (stats.time_to_target(gr["flops"], gr["value"], tg.value, higher_is_better=tg.higher_is_better)
+                    if gr["flops"].notna().all() else math.nan)
             gr = gr.sort_values("gpu_h", kind="stable")
             last = gr.iloc[-1]
             hit = None if math.isinf(t_ex) else (t_ex, float(gr[gr["gpu_h"] == t_ex]["value"].iloc[0]))
             lines.append({"method": str(last["method"]), "x": gr["gpu_h"].tolist(), "y": gr["value"].tolist(),
                           "reached": hit})
+            if gr["flops"].notna().all():
+                hit_f = None if math.isinf(f_ex) or math.isnan(f_ex) else (
+                    f_ex, float(gr[gr["flops"] == f_ex]["value"].iloc[0]))
+                flop_lines.append({"method": str(last["method"]), "x": gr["flops"].tolist(), "y": gr["value"].tolist(),
+                                   "reached": hit_f})
             best = gr["value"].max() if tg.higher_is_better else gr["value"].min()
             key = (str(last["backbone"]), str(last["method"]))
-            d = per_method.setdefault(key, {"ex": [], "in": []})
+            d = per_method.setdefault(key, {"ex": [], "in": [], "flops": []})
             d["ex"].append(t_ex)
             d["in"].append(t_in)
+            d["flops"].append(f_ex)
             by_run.append({"target": tg.text(), "run_id": run_id, "backbone": key[0], "method": key[1],
                            "seed": last["seed"], "gpu_h_to_target": t_ex, "gpu_h_to_target_incl_rm": t_in,
-                           "final_value": float(last["value"]), "best_value": float(best),
-                           "final_gpu_h": float(last["gpu_h"]), "n_evals": len(gr)})
-        med = {k: (stats.median_time_to_target(d["ex"]),
-                   math.nan if any(math.isnan(t) for t in d["in"]) else stats.median_time_to_target(d["in"]))
+                           "flops_to_target": f_ex, "final_value": float(last["value"]), "best_value": float(best),
+                           "final_gpu_h": float(last["gpu_h"]), "final_flops": float(last["flops"]),
+                           "n_evals": len(gr), "plateau_last3": stats.plateau(gr["ci_low"].tolist()[-3:],
+                                                                              gr["ci_high"].tolist()[-3:])})
+        def med_of(ts: list[float]) -> float:
+            return math.nan if any(math.isnan(t) for t in ts) else stats.median_time_to_target(ts)
+
+        med = {k: (stats.median_time_to_target(d["ex"]), med_of(d["in"]), med_of(d["flops"]))
                for k, d in per_method.items()}
-        for (bb, method), (m_ex, m_in) in sorted(med.items()):
+        for (bb, method), (m_ex, m_in, m_fl) in sorted(med.items()):
             ref = med.get((bb, reference))
             sp_ex = stats.speedup(m_ex, ref[0]) if ref else math.nan
             sp_in = stats.speedup(m_in, ref[1]) if ref else math.nan
+            sp_fl = stats.speedup(m_fl, ref[2]) if ref and not (math.isnan(m_fl) or math.isnan(ref[2])) else math.nan
             d = per_method[(bb, method)]
             row = {"target": tg.text(), "backbone": bb, "method": method, "n_seeds": len(d["ex"]),
                    "seeds_reached": sum(math.isfinite(t) for t in d["ex"]), "median_gpu_h_to_target": m_ex,
-                   "median_gpu_h_to_target_incl_rm": m_in, "reference_method": reference,
-                   "speedup_excl_rm": sp_ex, "speedup_incl_rm": sp_in}
+                   "median_gpu_h_to_target_incl_rm": m_in, "median_flops_to_target": m_fl,
+                   "reference_method": reference, "speedup_excl_rm": sp_ex, "speedup_incl_rm": sp_in,
+                   "speedup_flops_excl_rm": sp_fl}
             by_method.append(row)
             headline.append({**row, "target_how": tg.how})
         fig = f"fig_ttt_{i}_{slug(tg.text())}.png"
@@ -187,7 +206,13 @@ def ttt_section(curves: Any, targets: list[Target], rm_gpu_h: dict[str, float], 
                     f"Time to target: {tg.text()}  (star: first reached)", mixed)
         sec.blocks.append(f"Target {i + 1}: {tg.text()} ({tg.how}).")
         sec.blocks.append(Figure(fig, f"{tg.metric} on {tg.suite} ({tg.category}) against counted GPU-hours, one line "
-                                      f"per seed; dashed: the target."))
+                                      f"per seed, the seed band and mean per method; dashed: the target."))
+        if flop_lines and len(flop_lines) == len(lines):
+            fig_f = f"fig_ttt_{i}_flops_{slug(tg.text())}.png"
+            plot_curves(out / fig_f, flop_lines, tg.value, f"target {tg.op} {tg.value:.4g}",
+                        f"{tg.metric} ({tg.category})", f"Learning curves in FLOPs: {tg.text()}", mixed,
+                        xlabel="counted FLOPs (excl. reward-model training; the run's own models)")
+            sec.blocks.append(Figure(fig_f, "The same curves against counted FLOPs (machine-independent)."))
     if not targets:
         sec.blocks.append("No train run recorded evaluations during training (train with --eval-suite and "
                           "--eval-every-gpu-s), so there is no time-to-target.")
@@ -196,6 +221,8 @@ def ttt_section(curves: Any, targets: list[Target], rm_gpu_h: dict[str, float], 
              "seeds reaching": f"{r['seeds_reached']}/{r['n_seeds']}",
              "median GPU-h to target": fmt_ttt(r["median_gpu_h_to_target"]),
              "incl. RM": fmt_ttt(r["median_gpu_h_to_target_incl_rm"]),
+             "median FLOPs to target": fmt_ttt(r["median_flops_to_target"]),
+             f"speed-up of {reference} in FLOPs (excl. RM)": fmt_speedup(r["speedup_flops_excl_rm"], reference),
              f"speed-up of {reference} (excl. RM)": fmt_speedup(r["speedup_excl_rm"], reference),
              f"speed-up of {reference} (incl. RM)": fmt_speedup(r["speedup_incl_rm"], reference)} for r in by_method]
     tables.append(Table("time_to_target", titled("Time to target: median over seeds", mixed), pd.DataFrame(by_method),
@@ -204,9 +231,9 @@ def ttt_section(curves: Any, targets: list[Target], rm_gpu_h: dict[str, float], 
                         f"the target; 0: only the other method did."))
     run_df = pd.DataFrame(by_run)
     run_show = run_df.copy().astype(object)
-    for c in ("gpu_h_to_target", "gpu_h_to_target_incl_rm"):
+    for c in ("gpu_h_to_target", "gpu_h_to_target_incl_rm", "flops_to_target"):
         run_show[c] = [fmt_ttt(v) for v in run_df[c]]
-    for c in ("final_value", "best_value", "final_gpu_h", "seed", "n_evals"):
+    for c in ("final_value", "best_value", "final_gpu_h", "final_flops", "seed", "n_evals"):
         run_show[c] = [fmt(v) for v in run_df[c]]
     tables.append(Table("time_to_target_by_run", titled("Time to target per run", mixed), run_df, run_show))
     if len(targets) > 1:

@@ -3,8 +3,9 @@
 ``run_loop`` calls ``trainable.train_step`` once per optimiser update until ``is_done``: a policy update runs
 inside ``ledger.step`` (unclaimed time is UPDATE), a reward-model update inside ``ledger.phase(RM_TRAIN)``.
 After each update it checks the loss is finite, appends the logs to a JSONL train log (CHECKPOINT time: off
-the headline clock), checkpoints every N updates, evaluates on a GPU-second cadence, and stops at a budget of
-counted GPU-hours. Under a reduced ``precision`` (``LoopSettings.precision``) each ``train_step`` runs inside its
+the headline clock), checkpoints every N updates, evaluates on a cadence of counted GPU-seconds or counted FLOPs, and stops at a
+budget of counted GPU-hours or counted FLOPs (``LoopSettings.counted_flops``: the ledger's counters priced per
+call, the same on every process). Under a reduced ``precision`` (``LoopSettings.precision``) each ``train_step`` runs inside its
 autocast and the update's logs get its ``step_logs`` (fp16: loss scale, skipped update). Progress (updates,
 rate, pairs/s when the logs carry ``pairs``, latest loss) goes to a ``lpo_bench.progress`` bar; its total is
 ``trainable.total_updates()`` when the trainable has that optional method, else unknown. Checkpoints hold tensors
@@ -108,6 +109,33 @@ class LoopSettings:
     train_log: Path | None = None
     eval_every_gpu_s: float | None = None
     precision: Any = None  # lpo_bench.harness.precision.Precision; None: fp32, no autocast
+    budget_flops: float | None = None  # counted FLOPs (PREP + SAMPLE + SCORE + UPDATE)
+    eval_every_flops: float | None = None  # takes the place of eval_every_gpu_s when set
+    counted_flops: Callable[[], float] | None = None  # counted FLOPs so far; needed by the two above
+
+    def flops_now(self) -> float:
+        """Counted FLOPs so far; HarnessError when they cannot be known (an unpriced work counter)."""
+        value = self.counted_flops() if self.counted_flops is not None else math.nan
+        if not math.isfinite(value):
+            raise HarnessError(f"[{self.label}] counted FLOPs are unknown (a work counter has no FLOP price, see "
+                               f"flops.json); use --budget-gpu-h / --eval-every-gpu-s for this run")
+        return value
+
+    def eval_clock(self, ledger: Ledger) -> tuple[Callable[[], float], float] | None:
+        """(what the evaluation cadence reads, its period), or None without a cadence."""
+        if self.eval_every_flops:
+            return self.flops_now, float(self.eval_every_flops)
+        if self.eval_every_gpu_s:
+            return ledger.counted_s, float(self.eval_every_gpu_s)
+        return None
+
+    def over_budget(self, ledger: Ledger) -> str | None:
+        """Why the run must stop now (a budget is spent), else None."""
+        if self.budget_gpu_h is not None and ledger.gpu_h(COUNTED) >= self.budget_gpu_h:
+            return f"budget of {self.budget_gpu_h} GPU-h"
+        if self.budget_flops is not None and self.flops_now() >= self.budget_flops:
+            return f"budget of {self.budget_flops:.3g} counted FLOPs"
+        return None
 
 
 @dataclass
@@ -150,12 +178,11 @@ def _updates(trainable: Any, ledger: Ledger, s: LoopSettings, bar: progress.Bar,
              log: Callable[[str], None]) -> tuple[LoopResult, dict[str, float]]:
     """The updates of :func:`run_loop`; returns the result and the last update's logs."""
     logs: dict[str, float] = {}
-    next_eval_s = None
-    if evaluate is not None and s.eval_every_gpu_s:
-        next_eval_s = (int(ledger.counted_s() // s.eval_every_gpu_s) + 1) * float(s.eval_every_gpu_s)
+    clock = s.eval_clock(ledger) if evaluate is not None else None
+    next_eval = None if clock is None else (int(clock[0]() // clock[1]) + 1) * clock[1]
     while not trainable.is_done(step):
-        if s.budget_gpu_h is not None and ledger.gpu_h(COUNTED) >= s.budget_gpu_h:
-            log(f"[{s.label}] budget of {s.budget_gpu_h} GPU-h reached at update {step}")
+        if (why := s.over_budget(ledger)) is not None:
+            log(f"[{s.label}] {why} reached at update {step}")
             return LoopResult(step, False, True), logs
         amp = s.precision.autocast() if s.precision is not None else contextlib.nullcontext()
         if s.phase is None:
@@ -179,10 +206,10 @@ def _updates(trainable: Any, ledger: Ledger, s: LoopSettings, bar: progress.Bar,
         if checkpointer is not None and s.checkpoint_every_updates and step % s.checkpoint_every_updates == 0:
             with ledger.phase(Phase.CHECKPOINT):
                 checkpointer.save(step, trainable, ledger)
-        if next_eval_s is not None and evaluate is not None and ledger.counted_s() >= next_eval_s:
+        if clock is not None and next_eval is not None and evaluate is not None and clock[0]() >= next_eval:
             with ledger.phase(Phase.EVAL):
                 evaluate(step)
-            next_eval_s += float(s.eval_every_gpu_s or 0)
+            next_eval = (int(clock[0]() // clock[1]) + 1) * clock[1]  # one evaluation when an update spans several periods
         if s.stop_after_updates is not None and step >= s.stop_after_updates:
             return LoopResult(step, not trainable.is_done(step), False), logs
     return LoopResult(step, False, False), logs

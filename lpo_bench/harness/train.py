@@ -17,6 +17,7 @@ written to ``flops.json`` (``lpo_bench.harness.flop_probes``); the end-of-run su
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,8 +55,10 @@ class TrainRequest(RunRequest):
     reward_stage_overrides: dict[str, Any] = field(default_factory=dict)
     reward_model: str | None = None
     budget_gpu_h: float | None = None
+    budget_flops: float | None = None  # counted FLOPs (the run's own models, lpo_bench.harness.flops)
     eval_suite: str | None = None
     eval_every_gpu_s: float | None = None
+    eval_every_flops: float | None = None  # replaces eval_every_gpu_s: learning curves on a FLOP axis
     eval_prompts: int = 64
     data_dir: str | None = None
 
@@ -86,6 +89,12 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
     registry.check_name("backbone", req.backbone)
     if req.eval_suite:
         registry.check_name("suite", req.eval_suite)
+    for name in ("budget_gpu_h", "budget_flops", "eval_every_gpu_s", "eval_every_flops"):
+        value = getattr(req, name)
+        if value is not None and not value > 0:
+            raise HarnessError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if req.eval_every_flops and not req.eval_suite:
+        raise HarnessError("--eval-every-flops sets an evaluation cadence; name the suite with --eval-suite")
     # defaults -> configs/<backbone>.toml next to the config class -> --config -> --set
     cfg = load_target_config(spec.config, backbone=req.backbone, config_file=req.config_file, overrides=req.overrides)
     stage = registry.reward_model_spec(spec.reward_stage) if spec.reward_stage else None
@@ -132,6 +141,10 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
         "eval": {"suite": req.eval_suite, "every_gpu_s": req.eval_every_gpu_s, "prompts": req.eval_prompts}
         if req.eval_suite else None,
     }
+    if req.budget_flops is not None:  # only when set: unset, identities stay as before FLOP budgets existed
+        identity["budget_flops"] = req.budget_flops
+    if req.eval_every_flops is not None and identity["eval"] is not None:
+        identity["eval"]["every_flops"] = req.eval_every_flops
     return _Plan(spec, method_cls, cfg, stage, stage_cfg, inputs, identity, released)
 
 
@@ -188,11 +201,13 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
                                                          "config_hash": run.identity_sha256})
             run.write_measurements(rm_rows)
         run.keep_on_error = True  # from here on a user error keeps the run for --resume
-        evaluate = (lambda s: _evaluate(ctx, method, req, run, ledger, s)) if req.eval_suite else None
+        counted_flops = _counted_flops(ledger, flop_record, dist)
+        evaluate = (lambda s: _evaluate(ctx, method, req, run, ledger, s, counted_flops)) if req.eval_suite else None
         settings = LoopSettings(label=plan.spec.name, checkpoint_every_updates=max(1, req.checkpoint_every_updates),
                                 budget_gpu_h=req.budget_gpu_h, stop_after_updates=req.stop_after_updates,
                                 train_log=run.dir / "train_log.jsonl", eval_every_gpu_s=req.eval_every_gpu_s,
-                                precision=precision)
+                                precision=precision, budget_flops=req.budget_flops,
+                                eval_every_flops=req.eval_every_flops, counted_flops=counted_flops)
         result = run_loop(method, ledger, settings, start_step=step, checkpointer=ckpt, evaluate=evaluate,
                           write_logs=dist.is_main, log=log)
         with ledger.phase(Phase.CHECKPOINT):
@@ -264,8 +279,24 @@ def _cost_rows(summary: dict[str, Any], step: int, wall_s: float) -> list[dict[s
     return rows
 
 
+def _counted_flops(ledger: Ledger, record: Any, dist: Any) -> Callable[[], float]:
+    """Counted FLOPs so far, the same number on every process (the max over processes of each one's pricing of
+    its ledger with the main process's per-call table); nan when a counter is unpriced."""
+    table = next((t for t in dist.gather_objects([record.measured if record is not None else None]) if t), None)
+    devices = dist.world_size
+    reduce_max = dist.reduce_max_fn()
+
+    def counted() -> float:
+        if table is None:
+            return math.nan
+        value = flops.price(ledger.counts_by_phase(), table, devices).counted
+        return value if reduce_max is None else float(reduce_max([value])[0])
+
+    return counted
+
+
 def _evaluate(ctx: TrainContext[Any], method: Any, req: TrainRequest, run: RunRecorder, ledger: Ledger,
-              step: int) -> None:
+              step: int, counted_flops: Callable[[], float]) -> None:
     from lpo_bench.evaluation import evaluate_unet
 
     with ctx.precision.autocast():  # the frozen weights may be bf16/fp16 (--precision): evaluate as trained
@@ -273,5 +304,6 @@ def _evaluate(ctx: TrainContext[Any], method: Any, req: TrainRequest, run: RunRe
                                 max_prompts=req.eval_prompts, data_dir=Path(req.data_dir) if req.data_dir else None,
                                 weights_dir=ctx.weights_dir)
     for r in rows:
-        r.update(train_step=step, gpu_h_at_measurement=ledger.gpu_h(COUNTED), gpu_h_rm=ledger.gpu_h((Phase.RM_TRAIN,)))
+        r.update(train_step=step, gpu_h_at_measurement=ledger.gpu_h(COUNTED), gpu_h_rm=ledger.gpu_h((Phase.RM_TRAIN,)),
+                 flops_at_measurement=counted_flops())
     run.write_measurements(rows)
