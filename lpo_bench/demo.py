@@ -1,10 +1,16 @@
 """`lpo-bench demo`: the whole pipeline on the toy world, on the CPU, for every registered method.
 
 Stages (each a normal run, so the report reads the same records a real study would): toy pairs -> every
-method (its reward-model stage first) -> evaluation of the base model and every trained model on
-toy-general, toy-compbench and toy-geneval -> step-level accuracy of every trained step reward model and of pixel
-metrics across t -> compare into a report. With ``quick`` each method runs its spec's ``quick`` settings
-(seconds; the numbers mean nothing at that size).
+method (its reward-model stage first) under one counted-FLOP budget (``DEMO_BUDGET_FLOPS``, the same for every
+method; each spec's ``budget_overrides`` make the budget, not the preset's length, end the run), evaluated
+``DEMO_EVALS`` times on the toy-general val prompts at evaluations spaced over the budget (learning curves) ->
+two controls: a negative one (the cheapest method that reads pairs directly, trained on the same pairs with every
+preference flipped, :func:`lpo_bench.data.pairs.flip_preferences`) and a positive one (best-of-4 sampling of the
+base model under the toy oracle, ``best-of-4:toy-oracle:base:toy``) -> evaluation of the base model, every
+trained model and the controls on toy-general, toy-compbench and toy-geneval (test prompts) -> step-level accuracy
+of the first seed's step reward models and of pixel metrics across t on every decided held-out test pair ->
+compare into a report. With ``quick`` each method runs its spec's ``quick`` settings (seconds; the numbers mean
+nothing at that size, and there are no controls).
 """
 
 from __future__ import annotations
@@ -22,6 +28,18 @@ STEP_ACC_METRICS = ("toy-oracle", "toy-clip")
 STEP_ACC_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
 QUICK_STEP_ACC_TIMESTEPS = (1, 501, 951)
 QUICK_PAIRS = {"n_train": 24, "n_val": 8, "n_test": 8}
+# One counted-FLOP budget for every method (the policy phases; reward-model training is reported beside it,
+# charged and excluded). Chosen so that the costliest toy preset of v0.1 fits twice: see the README's toy section.
+DEMO_BUDGET_FLOPS = 4e11
+DEMO_EVALS = 8  # evaluations during training, evenly spaced over the budget (plus one at the end)
+DEMO_EVAL_PROMPTS = 32
+POSITIVE_CONTROL = "best-of-4:toy-oracle:base:toy"
+
+
+def negative_control_method(specs: Sequence[Any]) -> Any | None:
+    """The method trained on flipped preferences: among those that read pairs themselves and train no reward
+    model, the first registered (the cheapest kind of run); None when no such method is registered."""
+    return next((s for s in specs if "pairs" in s.inputs and not s.reward_stage), None)
 
 
 def run_demo(
@@ -40,6 +58,7 @@ def run_demo(
     """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory.
     ``pairs``: an existing toy pairs directory to use instead of making new ones."""
     from lpo_bench.analysis.compare import compare
+    from lpo_bench.data.pairs import flip_preferences
     from lpo_bench.evaluation import eval_run
     from lpo_bench.evaluation.step_accuracy import step_accuracy_run
     from lpo_bench.harness.train import TrainRequest, train_run
@@ -63,33 +82,50 @@ def run_demo(
     sizes = pairs_sizes or (QUICK_PAIRS if quick else DEMO_PAIRS)
     pairs_dir = Path(pairs) if pairs is not None else out_root / "pairs"
     make_pairs_now = pairs is None and (overwrite or not (pairs_dir / "pairs.json").exists())
-    n_train = len(specs) * len(seeds)
-    n_stages = int(make_pairs_now) + n_train + (1 + n_train) * len(EVAL_SUITES) + 2  # + step accuracy, compare
+    negative = None if quick else negative_control_method(specs)
+    n_train = len(specs) * len(seeds) + (negative is not None)
+    n_models = 1 + n_train + (not quick)
+    n_stages = int(make_pairs_now) + n_train + n_models * len(EVAL_SUITES) + 2  # + step accuracy, compare
     with progress.task("demo", total=n_stages, unit="stage") as overall:
         if make_pairs_now:
             stage("toy pairs", lambda: make_pairs(pairs_dir, seed=0, overwrite=True, log=log, **sizes))
+
+        def train(spec: Any, seed: int, pairs_used: Path, label: str, control: str | None = None) -> Path:
+            overrides = dict(spec.quick) if quick else dict(spec.budget_overrides)
+            req = TrainRequest(method=spec.name, backbone="toy", seed=seed, out_root=str(out_root),
+                               overrides=overrides, overwrite=overwrite,
+                               reward_stage_overrides=dict(spec.quick_reward_stage) if quick and spec.reward_stage
+                               else {}, pairs=str(pairs_used), eval_suite="toy-general",
+                               budget_flops=None if quick else DEMO_BUDGET_FLOPS,
+                               eval_every_flops=None if quick else DEMO_BUDGET_FLOPS / DEMO_EVALS,
+                               eval_prompts=8 if quick else DEMO_EVAL_PROMPTS, control=control)
+            return stage(label, lambda: train_run(req, log=log))
+
         train_runs: list[Path] = []
         reward_models: list[Path] = []
         for spec in specs:
             for s in seeds:
-                req = TrainRequest(method=spec.name, backbone="toy", seed=s, out_root=str(out_root),
-                                   overrides=dict(spec.quick) if quick else {}, overwrite=overwrite,
-                                   reward_stage_overrides=dict(spec.quick_reward_stage) if quick and spec.reward_stage
-                                   else {}, pairs=str(pairs_dir), eval_suite="toy-general",
-                                   eval_every_gpu_s=None if quick else 60.0, eval_prompts=8 if quick else 32)
-                run_dir = stage(f"train {spec.name} seed {s}", lambda r=req: train_run(r, log=log))
+                run_dir = train(spec, s, pairs_dir, f"train {spec.name} seed {s}")
                 train_runs.append(run_dir)
                 if spec.reward_stage and s == seeds[0]:
                     reward_models.append(run_dir / spec.reward_stage)
-        models = ["base:toy"] + [str(r) for r in train_runs]
+        controls: list[str] = []
+        if negative is not None:
+            flipped = flip_preferences(pairs_dir, out_root / "pairs-flipped", overwrite=True)
+            controls.append(str(train(negative, seeds[0], flipped, f"negative control: {negative.name} on flipped "
+                                                                     f"preferences", control="flipped preferences")))
+        if not quick:
+            controls.append(POSITIVE_CONTROL)
+        models = ["base:toy"] + [str(r) for r in train_runs] + controls
         eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
             m, su, split="test", max_prompts=eval_prompts or (8 if quick else 128), images_per_prompt=1 if quick else 2,
             out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
         acc_run = stage("step accuracy", lambda: step_accuracy_run(
             pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),
-            timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else 256,
+            timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else None,
             out_root=str(out_root), overwrite=overwrite))
-        report_dir = stage("compare", lambda: compare([*train_runs, *eval_runs, acc_run], Path(report), target=None))
+        runs = [*train_runs, *(Path(c) for c in controls if Path(c).is_dir()), *eval_runs, acc_run]
+        report_dir = stage("compare", lambda: compare(runs, Path(report), target=None))
     total = time.perf_counter() - t0
     log(f"demo finished in {total / 60:.1f} min; stage times: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return report_dir

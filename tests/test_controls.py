@@ -116,3 +116,26 @@ def test_best_of_oracle_never_scores_below_the_model_it_selects_from(tmp_path):
     assert m["score_best"].mean() > m["score_base"].mean()
     info = json.loads((runs[1] / "run.json").read_text())
     assert info["model_spec"]["best_of"] == {"n": 3, "metric": "toy-oracle"}
+
+
+def test_a_control_run_is_its_own_row(tiny_pairs, tmp_path):
+    """A run on flipped preferences is reported as "<method> (flipped preferences)" with role "control", and its
+    identity differs from the same run without the label."""
+    from lpo_bench.data.prompts import PromptList
+    from lpo_bench.harness.train import TrainRequest, train_run
+
+    flipped = flip_preferences(tiny_pairs, tmp_path / "flipped")
+    req = TrainRequest(method="diffusion-dpo", backbone="toy", pairs=str(flipped), out_root=str(tmp_path / "r"),
+                       overrides={"max_updates": 1, "pairs_per_update": 4, "micro_batch_pairs": 4},
+                       control="flipped preferences")
+    d = train_run(req, bundle=load_toy_bundle(), prompts=PromptList(["one circle"]), log=lambda *_: None)
+    info = json.loads((d / "run.json").read_text())
+    assert info["method"] == "diffusion-dpo (flipped preferences)" and info["method_role"] == "control"
+    assert info["control"] == "flipped preferences"
+    ev = evaluation.eval_run(str(d), dataclasses.replace(suites.get_suite("toy-general"),
+                                                         sampler=suites.SamplerSpec("DDIMScheduler", 2, 5.0, 0.0)),
+                             max_prompts=2, images_per_prompt=1, out_root=tmp_path / "r", bundle=load_toy_bundle(),
+                             log=lambda s: None)
+    from lpo_bench.analysis.runs import load_run
+
+    assert load_run(ev).model()[0] == "diffusion-dpo (flipped preferences)"

@@ -16,4 +16,5 @@ SPEC = MethodSpec(
     quick={"max_updates": 2, "pairs_per_update": 4, "micro_batch_pairs": 4},
     bench={"pairs_per_update": 10, "micro_batch_pairs": 10, "lr_warmup_updates": 0, "max_updates": 10**9,
            "random_flip": False, "max_pairs": 16},
+    budget_overrides={"max_updates": 10**9},  # updates until the budget stops the run
 )

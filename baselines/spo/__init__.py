@@ -21,6 +21,7 @@ SPEC = MethodSpec(
     bench={"num_inference_steps": 20, "num_candidates": 4, "prompts_per_round": 2, "train_batch_pairs": 10,
            "micro_batch_pairs": 10, "threshold_spo": 0.0, "num_train_prompts": 8, "epochs": 1000, "lora_rank": 4},
     bench_components="lpo_bench.baselines.spo.bench:sampling_step_components",
+    budget_overrides={"epochs": 1000},  # passes over the training prompts until the budget stops the run
 )
 
 SPM_SPEC = StepRewardModelSpec(

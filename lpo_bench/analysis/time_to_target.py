@@ -69,6 +69,7 @@ def training_curves(train_runs: list[Run]) -> Any:
             continue
         frames.append(pd.DataFrame({
             "run_id": r.run_id, "backbone": r.backbone, "method": r.method, "seed": r.seed,
+            "role": str(r.info.get("method_role", "")),
             "suite": ev["suite"].astype(str).to_numpy(), "metric": ev["metric"].astype(str).to_numpy(),
             "category": ev["category"].fillna("all").astype(str).to_numpy(),
             "train_step": pd.to_numeric(ev["train_step"], errors="coerce").to_numpy(dtype=float),
@@ -80,7 +81,7 @@ def training_curves(train_runs: list[Run]) -> Any:
             "ci_high": pd.to_numeric(ev["ci_high"], errors="coerce").to_numpy(dtype=float),
             "higher_is_better": ev["higher_is_better"].fillna(True).astype(bool).to_numpy(),
         }))
-    cols = ["run_id", "backbone", "method", "seed", "suite", "metric", "category", "train_step", "gpu_h", "flops",
+    cols = ["run_id", "backbone", "method", "seed", "role", "suite", "metric", "category", "train_step", "gpu_h", "flops",
             "value", "ci_low", "ci_high", "higher_is_better"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
 
@@ -112,7 +113,7 @@ def primary_metric(suite: str, present: list[str]) -> str:
 
 def resolve_targets(target: str | None, curves: Any) -> list[Target]:
     """The given target, or by default one per (backbone, suite) on the suite's first metric: the median over
-    each method's seeds of their best value during training, the worst of these medians."""
+    each method's seeds of their best value during training, the worst of these medians (control runs left out)."""
     if target is not None:
         metric, suite, category, op, value = parse_target(target)
         have = curves[(curves["metric"] == metric) & (curves["suite"] == suite)]
@@ -126,6 +127,8 @@ def resolve_targets(target: str | None, curves: Any) -> list[Target]:
         metric = primary_metric(suite, list(dict.fromkeys(g["metric"])))
         cat = _pick_category(curves[curves["backbone"] == bb], metric, suite, None, strict=False)
         g = g[(g["metric"] == metric) & (g["category"] == cat)]
+        if (g["role"] != "control").any():  # controls (e.g. flipped preferences) do not set the default target
+            g = g[g["role"] != "control"]
         hib = bool(g["higher_is_better"].iloc[0])
         medians = {}
         for method, gm in g.groupby("method"):

@@ -29,6 +29,8 @@ class MethodSpec:
     reward stage; "prompts": the backbone's training prompts).
     ``quick`` / ``quick_reward_stage``: config overrides for ``demo --quick`` (seconds on a CPU).
     ``bench``: config overrides for ``bench``'s training-step measurement (thresholds 0, enough data).
+    ``budget_overrides``: config overrides that make a run longer than any budget it is given, so that the budget
+    (``--budget-flops`` / ``--budget-gpu-h``), not the preset's length, ends it (the demo's equal-budget curves).
     ``bench_components``: ``"module:fn"``, ``fn(bundle, setting, state) -> iterator of BenchComponent``: the
     work of one sampling step beyond the shared denoising step, which leaves the K candidates in
     ``state["cands"]`` (None: the method has no sampling step).
@@ -45,6 +47,7 @@ class MethodSpec:
     quick_reward_stage: Mapping[str, object] = field(default_factory=dict)
     bench: Mapping[str, object] = field(default_factory=dict)
     bench_components: str | None = None
+    budget_overrides: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.inputs) - set(INPUT_KINDS)

@@ -61,6 +61,7 @@ class TrainRequest(RunRequest):
     eval_every_flops: float | None = None  # replaces eval_every_gpu_s: learning curves on a FLOP axis
     eval_prompts: int = 64
     data_dir: str | None = None
+    control: str | None = None  # a control run's label ("flipped preferences"): reported as "<method> (<label>)"
 
 
 def _prompts_sha256(prompts: PromptSource) -> str:
@@ -141,6 +142,8 @@ def plan_run(req: TrainRequest, prompts: PromptSource, *, log: Any = print,
         "eval": {"suite": req.eval_suite, "every_gpu_s": req.eval_every_gpu_s, "prompts": req.eval_prompts}
         if req.eval_suite else None,
     }
+    if req.control:
+        identity["control"] = req.control
     if req.budget_flops is not None:  # only when set: unset, identities stay as before FLOP budgets existed
         identity["budget_flops"] = req.budget_flops
     if req.eval_every_flops is not None and identity["eval"] is not None:
@@ -196,7 +199,7 @@ def train_run(req: TrainRequest, *, bundle: Any = None, prompts: PromptSource | 
             info = _run_info(req, plan, ctx, rm_source, run.identity_sha256)
             info["memory_estimate"] = estimate.as_dict()
             run.start(info, bundle_provenance=bundle.provenance,
-                      backbone=req.backbone, base_extra={"method": plan.spec.name, "seed": req.seed,
+                      backbone=req.backbone, base_extra={"method": _reported_name(plan.spec, req), "seed": req.seed,
                                                          "method_version": plan.identity["method_version"],
                                                          "config_hash": run.identity_sha256})
             run.write_measurements(rm_rows)
@@ -250,11 +253,17 @@ def _reward_model(ctx: TrainContext[Any], plan: _Plan) -> tuple[list[dict[str, A
     return rows, "trained"
 
 
+def _reported_name(spec: Any, req: TrainRequest) -> str:
+    """The method name in records: a control run is "<method> (<control>)", its own row in every table."""
+    return f"{spec.name} ({req.control})" if req.control else spec.name
+
+
 def _run_info(req: TrainRequest, plan: _Plan, ctx: TrainContext[Any], rm_source: str | None,
               config_hash: str) -> dict[str, Any]:
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan.inputs).items()}
     return {
-        "method": plan.spec.name, "method_role": plan.spec.role, "method_version": plan.identity["method_version"],
+        "method": _reported_name(plan.spec, req), "method_role": "control" if req.control else plan.spec.role,
+        "method_version": plan.identity["method_version"], "control": req.control,
         "backbone": req.backbone, "seed": req.seed, "config": plan.identity["config"],
         "config_hash": config_hash, "inputs": inputs,
         "reward_stage": None if plan.stage is None else {
