@@ -291,6 +291,7 @@ def demo(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods (default: all registered)"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Use these toy pairs instead of making new ones"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
+    budget_flops: float = typer.Option(3e12, "--budget-flops", help="Counted-FLOP budget of every method's run"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
     from lpo_bench import demo as demo_mod
@@ -303,7 +304,7 @@ def demo(
     if pairs is not None and not pairs.is_dir():
         raise HarnessError(f"--pairs {pairs} is not a directory; make toy pairs with `lpo-bench toy make-pairs`")
     demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, pairs=pairs,
-                      quick=quick, overwrite=overwrite)
+                      quick=quick, overwrite=overwrite, budget_flops=budget_flops)
 
 
 @app.command()

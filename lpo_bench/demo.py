@@ -29,8 +29,9 @@ STEP_ACC_TIMESTEPS = (1, 101, 201, 301, 401, 501, 601, 701, 801, 901, 951)
 QUICK_STEP_ACC_TIMESTEPS = (1, 501, 951)
 QUICK_PAIRS = {"n_train": 24, "n_val": 8, "n_test": 8}
 # One counted-FLOP budget for every method (the policy phases; reward-model training is reported beside it,
-# charged and excluded). Chosen so that the costliest toy preset of v0.1 fits twice: see the README's toy section.
-DEMO_BUDGET_FLOPS = 4e11
+# charged and excluded). The toy presets' own lengths cost 1.8e12 (LPO, 81 updates), 2.7e12 (Diffusion-DPO, 80)
+# and 4.5e12 (SPO, 12) counted FLOPs; 3e12 lets each run about as long as its preset.
+DEMO_BUDGET_FLOPS = 3e12
 DEMO_EVALS = 8  # evaluations during training, evenly spaced over the budget (plus one at the end)
 DEMO_EVAL_PROMPTS = 32
 POSITIVE_CONTROL = "best-of-4:toy-oracle:base:toy"
@@ -53,6 +54,7 @@ def run_demo(
     overwrite: bool = True,
     pairs_sizes: dict[str, int] | None = None,
     eval_prompts: int | None = None,
+    budget_flops: float = DEMO_BUDGET_FLOPS,
     log: Any = print,
 ) -> Path:
     """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory.
@@ -96,8 +98,8 @@ def run_demo(
                                overrides=overrides, overwrite=overwrite,
                                reward_stage_overrides=dict(spec.quick_reward_stage) if quick and spec.reward_stage
                                else {}, pairs=str(pairs_used), eval_suite="toy-general",
-                               budget_flops=None if quick else DEMO_BUDGET_FLOPS,
-                               eval_every_flops=None if quick else DEMO_BUDGET_FLOPS / DEMO_EVALS,
+                               budget_flops=None if quick else budget_flops,
+                               eval_every_flops=None if quick else budget_flops / DEMO_EVALS,
                                eval_prompts=8 if quick else DEMO_EVAL_PROMPTS, control=control)
             return stage(label, lambda: train_run(req, log=log))
 
@@ -118,7 +120,7 @@ def run_demo(
             controls.append(POSITIVE_CONTROL)
         models = ["base:toy"] + [str(r) for r in train_runs] + controls
         eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
-            m, su, split="test", max_prompts=eval_prompts or (8 if quick else 128), images_per_prompt=1 if quick else 2,
+            m, su, split="test", max_prompts=eval_prompts or (8 if quick else None), images_per_prompt=1 if quick else 2,
             out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
         acc_run = stage("step accuracy", lambda: step_accuracy_run(
             pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),

@@ -26,7 +26,7 @@ import torch
 
 from lpo_bench.errors import HarnessError
 
-TOY_MODEL_VERSION = "toy-v1"
+TOY_MODEL_VERSION = "toy-v2"  # v2: the EMA recipe of toy.pretrain (1000 VAE, 6000 UNet updates, 15% defects)
 TOY_BACKBONE_ID = "lpo-bench/toy"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 TOKENIZER_DIR = ASSETS_DIR / "tokenizer"
