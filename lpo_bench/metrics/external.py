@@ -81,12 +81,17 @@ def _parse_detection(raw: Any, where: str) -> rules.Detection:
         raise HarnessError(f"bad detection in {where}: {exc!r}; expected {{label, box[4], score, depth?}}") from None
 
 
+def document_images(data: Any, fmt: str, source: str) -> list[Any]:
+    """The ``images`` list of a detector's JSON document in format ``fmt`` (HarnessError otherwise)."""
+    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("images"), list):
+        raise HarnessError(f"{source} is not a '{fmt}' document with an 'images' list")
+    return data["images"]
+
+
 def parse_detections(data: Any, source: str = "detector output") -> list[ImageDetections]:
     """Validate and parse a detections JSON document (see the module docstring)."""
-    if not isinstance(data, dict) or data.get("format") != DETECTIONS_FORMAT or not isinstance(data.get("images"), list):
-        raise HarnessError(f"{source} is not a '{DETECTIONS_FORMAT}' document with an 'images' list")
     out = []
-    for entry in data["images"]:
+    for entry in document_images(data, DETECTIONS_FORMAT, source):
         try:
             name = str(entry["image"])
             prompt, qid = rules.parse_image_file_name(name)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from lpo_bench.errors import HarnessError
 from lpo_bench.metrics import geneval_rules as R
 from lpo_bench.metrics.compbench_rules import parse_image_file_name
-from lpo_bench.metrics.external import ImageScore, run_json_command
+from lpo_bench.metrics.external import ImageScore, document_images, run_json_command
 
 DETECTIONS_FORMAT = "lpo-bench-geneval-detections/v1"
 GENEVAL_DETECTOR_ENV = "LPO_BENCH_GENEVAL_DETECTOR"
@@ -45,10 +45,8 @@ class ImageDetections:
 
 def parse_detections(data: Any, source: str = "detector output") -> list[ImageDetections]:
     """Validate and parse a ``lpo-bench-geneval-detections/v1`` document (HarnessError naming the problem)."""
-    if not isinstance(data, dict) or data.get("format") != DETECTIONS_FORMAT or not isinstance(data.get("images"), list):
-        raise HarnessError(f"{source} is not a '{DETECTIONS_FORMAT}' document with an 'images' list")
     out = []
-    for entry in data["images"]:
+    for entry in document_images(data, DETECTIONS_FORMAT, source):
         try:
             name, w, h = str(entry["image"]), int(entry["width"]), int(entry["height"])
             by_class: dict[str, list[R.Detection]] = {}
