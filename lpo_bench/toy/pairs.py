@@ -20,7 +20,7 @@ from lpo_bench import progress, records
 from lpo_bench.errors import HarnessError
 
 GUIDANCE_CHOICES = (3.0, 5.0, 7.5)
-PAIRS_VERSION = "2"  # v2: oracle T 0.02, tie margin 0.03; oracle parts per image
+PAIRS_VERSION = "2"  # v2: oracle T 0.02, tie margin 0.015; oracle parts per image
 
 
 def make_pairs(
