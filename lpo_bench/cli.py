@@ -292,6 +292,9 @@ def demo(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Use these toy pairs instead of making new ones"),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
     budget_flops: float = typer.Option(3e12, "--budget-flops", help="Counted-FLOP budget of every method's run"),
+    eval_prompts: int = typer.Option(128, "--eval-prompts", help="Test prompts per final evaluation (0: all 256)"),
+    step_accuracy_pairs: int = typer.Option(
+        400, "--step-accuracy-pairs", help="Held-out pairs of the step-accuracy run (0: every decided test pair)"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
     from lpo_bench import demo as demo_mod
@@ -304,7 +307,8 @@ def demo(
     if pairs is not None and not pairs.is_dir():
         raise HarnessError(f"--pairs {pairs} is not a directory; make toy pairs with `lpo-bench toy make-pairs`")
     demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, pairs=pairs,
-                      quick=quick, overwrite=overwrite, budget_flops=budget_flops)
+                      quick=quick, overwrite=overwrite, budget_flops=budget_flops, eval_prompts=eval_prompts or None,
+                      step_accuracy_pairs=step_accuracy_pairs or None)
 
 
 @app.command()

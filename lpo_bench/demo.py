@@ -55,10 +55,12 @@ def run_demo(
     pairs_sizes: dict[str, int] | None = None,
     eval_prompts: int | None = None,
     budget_flops: float = DEMO_BUDGET_FLOPS,
+    step_accuracy_pairs: int | None = None,
     log: Any = print,
 ) -> Path:
     """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory.
-    ``pairs``: an existing toy pairs directory to use instead of making new ones."""
+    ``pairs``: an existing toy pairs directory to use instead of making new ones. ``eval_prompts`` /
+    ``step_accuracy_pairs``: test prompts per evaluation / held-out pairs of the step-accuracy run (None: all)."""
     from lpo_bench.analysis.compare import compare
     from lpo_bench.data.pairs import flip_preferences
     from lpo_bench.evaluation import eval_run
@@ -120,11 +122,11 @@ def run_demo(
             controls.append(POSITIVE_CONTROL)
         models = ["base:toy"] + [str(r) for r in train_runs] + controls
         eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
-            m, su, split="test", max_prompts=eval_prompts or (8 if quick else None), images_per_prompt=1 if quick else 2,
+            m, su, split="test", max_prompts=8 if quick else eval_prompts, images_per_prompt=1 if quick else 2,
             out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
         acc_run = stage("step accuracy", lambda: step_accuracy_run(
             pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),
-            timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else None,
+            timesteps=list(QUICK_STEP_ACC_TIMESTEPS if quick else STEP_ACC_TIMESTEPS), max_pairs=16 if quick else step_accuracy_pairs,
             out_root=str(out_root), overwrite=overwrite))
         runs = [*train_runs, *(Path(c) for c in controls if Path(c).is_dir()), *eval_runs, acc_run]
         report_dir = stage("compare", lambda: compare(runs, Path(report), target=None))

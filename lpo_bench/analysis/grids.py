@@ -63,6 +63,13 @@ def image_grid(runs: list[Run], out: Path, tag: str, mixed: bool, notes: list[st
         notes.append(f"no image grid for {tag}: saved images could not be matched to prompts")
         return None
     name = f"grid_{slug(tag)}.png"
-    plot_grid(out / name, cells, [str(p.prompt) for p in chosen], [r.model()[1].split(" (")[0] for r in with_images],
+    plot_grid(out / name, cells, [str(p.prompt) for p in chosen], [_column_label(r.model()[1]) for r in with_images],
               f"Same prompts and seeds across models ({tag}, image 0)", mixed)
     return Figure(name, "Rows: prompts (image 0, the same seed for every model); columns: models.")
+
+
+def _column_label(label: str) -> str:
+    """A model's label without its run id ("lpo s0 (lpo-toy-...-s0)" -> "lpo s0"), keeping a control's own
+    parenthesis ("diffusion-dpo (flipped preferences) s0 (...)" -> "diffusion-dpo (flipped preferences) s0")."""
+    head, sep, tail = label.rpartition(" (")
+    return head if sep and tail.endswith(")") and head else label
