@@ -57,7 +57,8 @@ def reproduce_toy(session: nox.Session) -> None:
     """3 seeds of LPO, SPO and Diffusion-DPO on the toy world, evaluated and compared into reports/toy."""
     _install(session)
     session.run("lpo-bench", "demo", "--seeds", "0,1,2", "--out-root", "runs/reproduce-toy", "--report",
-                "reports/toy", "--eval-prompts", "0", "--step-accuracy-pairs", "0", *session.posargs, env=OFFLINE)
+                "reports/toy", "--eval-prompts", "0", "--eval-images", "4", "--step-accuracy-pairs", "0", *session.posargs,
+                env=OFFLINE)
 
 
 def _reproduce_real(session: nox.Session, backbone: str) -> None:

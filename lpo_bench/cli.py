@@ -295,6 +295,7 @@ def demo(
     eval_prompts: int = typer.Option(128, "--eval-prompts", help="Test prompts per final evaluation (0: all 256)"),
     step_accuracy_pairs: int = typer.Option(
         400, "--step-accuracy-pairs", help="Held-out pairs of the step-accuracy run (0: every decided test pair)"),
+    eval_images: int = typer.Option(2, "--eval-images", help="Images per test prompt in the final evaluations"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
     from lpo_bench import demo as demo_mod
@@ -308,7 +309,7 @@ def demo(
         raise HarnessError(f"--pairs {pairs} is not a directory; make toy pairs with `lpo-bench toy make-pairs`")
     demo_mod.run_demo(out_root=out_root, report=report, seeds=seed_list, methods=method_list, pairs=pairs,
                       quick=quick, overwrite=overwrite, budget_flops=budget_flops, eval_prompts=eval_prompts or None,
-                      step_accuracy_pairs=step_accuracy_pairs or None)
+                      step_accuracy_pairs=step_accuracy_pairs or None, eval_images_per_prompt=eval_images)
 
 
 @app.command()
