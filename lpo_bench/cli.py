@@ -295,7 +295,8 @@ def demo(
     eval_prompts: int = typer.Option(128, "--eval-prompts", help="Test prompts per final evaluation (0: all 256)"),
     step_accuracy_pairs: int = typer.Option(
         400, "--step-accuracy-pairs", help="Held-out pairs of the step-accuracy run (0: every decided test pair)"),
-    eval_images: int = typer.Option(2, "--eval-images", help="Images per test prompt in the final evaluations"),
+    eval_images: int = typer.Option(
+        2, "--eval-images", help="Images per test prompt in the final toy-general evaluations (the other suites: 2)"),
 ) -> None:
     """The whole pipeline on the toy world on the CPU: pairs, every method (and reward model), eval, compare."""
     from lpo_bench import demo as demo_mod

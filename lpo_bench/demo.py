@@ -62,7 +62,8 @@ def run_demo(
     """Run the toy pipeline for ``methods`` (default: every registered method); returns the report directory.
     ``pairs``: an existing toy pairs directory to use instead of making new ones. ``eval_prompts`` /
     ``step_accuracy_pairs``: test prompts per evaluation / held-out pairs of the step-accuracy run (None: all);
-    ``eval_images_per_prompt``: images per test prompt in the final evaluations."""
+    ``eval_images_per_prompt``: images per test prompt in the final toy-general evaluations (the oracle reward,
+    the headline; more images narrow its paired CI); the other suites take 2."""
     from lpo_bench.analysis.compare import compare
     from lpo_bench.data.pairs import flip_preferences
     from lpo_bench.evaluation import eval_run
@@ -125,7 +126,7 @@ def run_demo(
         models = ["base:toy"] + [str(r) for r in train_runs] + controls
         eval_runs = [stage(f"eval {Path(m).name} on {su}", lambda m=m, su=su: eval_run(
             m, su, split="test", max_prompts=8 if quick else eval_prompts,
-            images_per_prompt=1 if quick else eval_images_per_prompt,
+            images_per_prompt=1 if quick else eval_images_per_prompt if su == EVAL_SUITES[0] else 2,
             out_root=str(out_root), overwrite=overwrite)) for m in models for su in EVAL_SUITES]
         acc_run = stage("step accuracy", lambda: step_accuracy_run(
             pairs_dir=pairs_dir, backbone="toy", reward_models=reward_models, metrics=list(STEP_ACC_METRICS),
