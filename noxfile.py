@@ -5,7 +5,7 @@
     nox -s reproduce-toy     # 3 seeds of every method on the toy world, then compare -> reports/toy
     nox -s reproduce-sd15    # the paper's SD1.5 recipes through `accelerate launch` (needs weights + GPUs)
     nox -s reproduce-sdxl    # the same for SDXL
-    nox -s toy-pretrain      # re-create the shipped toy base model (deterministic, ~15 min on 2 cores)
+    nox -s toy-pretrain      # re-create the shipped toy base model (bit-exact on one thread, ~35-40 min)
     nox -s bench             # per-step cost of each method (lpo-bench bench)
     nox -s t2i-compbench-env # builds the isolated T2I-CompBench detector environment
     nox -s geneval-env       # builds the isolated GenEval (Mask2Former, mmdet 2.x) detector environment
