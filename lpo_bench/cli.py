@@ -350,7 +350,7 @@ def toy_pretrain(
     out: Path = typer.Option(Path("runs/toy-pretrain"), "--out"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Pretrain the toy base model (deterministic; about 15 minutes on 2 CPU cores)."""
+    """Pretrain the toy base model (bit-exact on one thread; about 35-40 minutes on a 2-core CPU)."""
     from lpo_bench.toy import pretrain
 
     report = pretrain.pretrain(out, seed=seed)
