@@ -55,6 +55,7 @@ from lpo_bench.data.suite_prompts import (
     toy_items,
 )
 from lpo_bench.errors import HarnessError
+from lpo_bench.metrics import geneval_rules
 
 TOY_FAMILIES = ("color", "shape", "texture", "spatial", "numeracy", "complex")  # == toy.world.FAMILIES
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
@@ -68,7 +69,7 @@ UNIDET_METRICS: dict[str, str] = {
     "complex": "t2i-compbench/3-in-1",
 }
 TOY_COMPBENCH_METRIC = "toy-compbench"
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")  # == geneval_rules.TAGS
+GENEVAL_TAGS = geneval_rules.TAGS
 GENEVAL_METRIC = "geneval"  # external: Mask2Former in GenEval's environment + in-process rules
 TOY_GENEVAL_METRIC = "toy-geneval"
 

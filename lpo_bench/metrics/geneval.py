@@ -141,6 +141,8 @@ class GenEvalScorer:
         return R.score_image(item.by_class, md, self._classifier(item, image_dir))
 
     def _classifier(self, item: ImageDetections, image_dir: Path) -> R.ColorFn:
+        loaded: list[Any] = []  # the image, read at the first colour clause and kept for the next (color_attr has two)
+
         def classify(classname: str, objs: Sequence[R.Detection]) -> list[str]:
             import numpy as np
             from PIL import Image
@@ -149,8 +151,9 @@ class GenEvalScorer:
 
             if self.colors is None:
                 raise HarnessError("GenEval colour clauses need the CLIP colour classifier; it was not loaded")
-            image = np.asarray(Image.open(image_dir / item.image).convert("RGB"))
-            crops = [R.color_crop(image, d.box, decode_mask(d.mask, item.height, item.width)) for d in objs]
+            if not loaded:
+                loaded.append(np.asarray(Image.open(image_dir / item.image).convert("RGB")))
+            crops = [R.color_crop(loaded[0], d.box, decode_mask(d.mask, item.height, item.width)) for d in objs]
             return self.colors(classname, crops)
 
         return classify
